@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class IntegrationEventsConfig(AppConfig):
+    name = "integration_events"
+    verbose_name = "Integration events"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_migrate
+
+        from . import checks  # noqa: F401  (registers the system checks)
+        from .registry import autodiscover
+        from .schedule import install_schedule
+
+        autodiscover()
+        post_migrate.connect(install_schedule, sender=self)

@@ -1,0 +1,181 @@
+"""publish(): write the outbox row in the caller's transaction, hand off after commit."""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from django.core.cache import caches
+from django.db import DEFAULT_DB_ALIAS, models, transaction
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from .conf import get_settings
+from .context import current_context
+from .events import IntegrationEvent
+from .exceptions import HopLimitExceeded, IntegrationEventsError
+from .models import PublishedMessage, uuid7
+from .signals import message_published
+
+logger = logging.getLogger("integration_events")
+
+Delay = float | int | timedelta | datetime | None
+
+
+def _due_expression(delay: Delay) -> Any:
+    """next_attempt_at for a delay, computed in database time (None: the column default)."""
+    if delay is None:
+        return None
+    if isinstance(delay, datetime):
+        # An absolute due time is the caller's; store it as given.
+        if timezone.is_naive(delay):
+            raise IntegrationEventsError("publish(delay=datetime) needs an aware datetime")
+        return delay
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+    if seconds < 0 or math.isnan(seconds):
+        raise IntegrationEventsError(f"publish(delay=...) must not be negative, got {delay!r}")
+    if seconds == 0:
+        return None
+    return models.ExpressionWrapper(
+        Now() + timedelta(seconds=seconds), output_field=models.DateTimeField()
+    )
+
+
+def _build(
+    event: IntegrationEvent,
+    *,
+    due: Any,
+    headers: Mapping[str, Any] | None,
+) -> PublishedMessage:
+    if not isinstance(event, IntegrationEvent):
+        raise IntegrationEventsError(
+            f"publish() takes an IntegrationEvent instance, got {type(event).__name__}"
+        )
+    topic = type(event).topic
+    if not topic:
+        raise IntegrationEventsError(
+            f"{type(event).__qualname__} declares no topic: "
+            "class MyEvent(IntegrationEvent, topic=MyTopics.SOMETHING)"
+        )
+    ctx = current_context.get()
+    settings = get_settings()
+    all_headers: dict[str, Any] = {
+        "sent-at": timezone.now().isoformat(),
+        "event-version": type(event).version,
+    }
+    if ctx is not None:
+        correlation_id = ctx.correlation_id
+        sequence = ctx.correlation_sequence + 1
+        causation_id: uuid.UUID | None = ctx.message_id
+        if ctx.traceparent:
+            all_headers["traceparent"] = ctx.traceparent
+        if sequence > settings.MAX_HOPS:
+            raise HopLimitExceeded(
+                f"publishing {topic} from the handler of {ctx.topic} (message {ctx.message_id}, "
+                f"group {ctx.group}) would make hop {sequence} of correlation {correlation_id}, "
+                f"past MAX_HOPS={settings.MAX_HOPS}: an event chain that does not end"
+            )
+    else:
+        correlation_id = uuid7()
+        sequence = 0
+        causation_id = None
+    if headers:
+        all_headers.update({str(k): v for k, v in headers.items()})
+    message = PublishedMessage(
+        id=uuid7(),
+        topic=topic,
+        content=event.model_dump_json(),
+        headers=all_headers,
+        correlation_id=correlation_id,
+        correlation_sequence=sequence,
+        causation_id=causation_id,
+    )
+    if ctx is None and isinstance(all_headers.get("correlation-id"), str):
+        # An outside system handed us its correlation id: keep the chain.
+        try:
+            message.correlation_id = uuid.UUID(all_headers.pop("correlation-id"))
+        except ValueError:
+            pass
+    if due is not None:
+        message.next_attempt_at = due
+    return message
+
+
+def publish(
+    event: IntegrationEvent,
+    *,
+    delay: Delay = None,
+    headers: Mapping[str, Any] | None = None,
+    using: str | None = None,
+) -> PublishedMessage:
+    """Store ``event`` in the outbox in the current transaction and deliver it after commit.
+
+    ``delay`` (seconds, a timedelta, or an aware datetime) postpones delivery. ``headers`` are
+    stored with the message and passed to handlers. ``using`` picks the database alias; the
+    message and its inbox rows live there. Returns the stored PublishedMessage.
+    """
+    alias = using or DEFAULT_DB_ALIAS
+    message = _build(event, due=_due_expression(delay), headers=headers)
+    message.save(using=alias, force_insert=True)
+    if delay is not None and not isinstance(message.next_attempt_at, datetime):
+        message.refresh_from_db(using=alias, fields=["next_attempt_at"])
+    logger.debug(
+        "published message_id=%s topic=%s correlation_id=%s", message.id, message.topic,
+        message.correlation_id,
+    )
+    message_published.send(sender=PublishedMessage, message=message, event=event)
+    transaction.on_commit(partial(nudge, alias), using=alias, robust=True)
+    return message
+
+
+def publish_many(
+    events: Iterable[IntegrationEvent],
+    *,
+    delay: Delay = None,
+    headers: Mapping[str, Any] | None = None,
+    using: str | None = None,
+    batch_size: int = 1000,
+) -> list[PublishedMessage]:
+    """Store many events in the outbox with one INSERT per ``batch_size`` and hand off once."""
+    alias = using or DEFAULT_DB_ALIAS
+    due = _due_expression(delay)
+    pairs = [(event, _build(event, due=due, headers=headers)) for event in events]
+    messages = [m for _, m in pairs]
+    if not messages:
+        return []
+    PublishedMessage.objects.using(alias).bulk_create(messages, batch_size=batch_size)
+    for event, message in pairs:
+        message_published.send(sender=PublishedMessage, message=message, event=event)
+    transaction.on_commit(partial(nudge, alias), using=alias, robust=True)
+    return messages
+
+
+# --- hand-off -----------------------------------------------------------------------------
+
+_nudges_suppressed = False
+
+
+def nudge(alias: str = DEFAULT_DB_ALIAS, *, force: bool = False) -> bool:
+    """Ask the cluster to look for work on ``alias``; at most one nudge per NUDGE_WINDOW per
+    cache (the outbox row is the durable record; a lost nudge only delays delivery until the
+    periodic sweep). Returns True if a task was enqueued."""
+    settings = get_settings()
+    if not settings.NUDGE or _nudges_suppressed:
+        return False
+    if not force:
+        window = max(1, math.ceil(settings.NUDGE_WINDOW))
+        try:
+            if not caches[settings.NUDGE_CACHE].add(f"integration_events:nudge:{alias}", 1, window):
+                return False
+        except Exception:
+            # A cache that is down must not stop the hand-off; at worst we nudge too often.
+            logger.warning("nudge cache unavailable alias=%s", alias, exc_info=True)
+    from .tasks import enqueue_process
+
+    enqueue_process(alias)
+    return True

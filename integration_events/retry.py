@@ -1,0 +1,46 @@
+"""Retry policy: capped exponential backoff with jitter."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RetryStrategy:
+    """When to try a failed message again, and when to give up.
+
+    ``delay(n)`` for the n-th failed attempt (1-based) is ``min(max_delay, base_delay * 2**(n-1))``
+    scaled by a random factor in ``[1 - jitter, 1]`` ("equal jitter" for jitter=0.5), so that
+    messages that failed together do not all come back at the same instant.
+
+    With the defaults (base 5 s, cap 1 h, 10 attempts) the nine waits add up to about
+    40 minutes (between 21 and 42 with jitter): long enough to ride out a deploy or a short
+    outage, short enough that a dead letter shows up the same hour.
+    """
+
+    max_attempts: int = 10
+    base_delay: float = 5.0
+    max_delay: float = 3600.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError("delays must not be negative")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError("jitter must be between 0 and 1")
+
+    def should_retry(self, attempts: int) -> bool:
+        """True while another attempt is allowed after ``attempts`` failed ones."""
+        return attempts < self.max_attempts
+
+    def delay(self, attempts: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after the ``attempts``-th failed attempt."""
+        exponent = max(0, attempts - 1)
+        # Cap the exponent first: 2**1000 would overflow a float long before the cap applies.
+        raw = self.base_delay * (2 ** min(exponent, 62))
+        capped = min(self.max_delay, raw)
+        r = (rng or random).random()
+        return capped * (1.0 - self.jitter * r)

@@ -1,0 +1,713 @@
+"""The engine: claim, dispatch (fan-out), execute, retry, recover and clean up.
+
+Plain Python and the Django ORM; django-q2 only calls ``Worker.run`` (see tasks.py).
+
+Claims are leases in database time: a claimed row gets ``status=processing``, a fresh
+``lease_token`` and ``lease_until = Now() + LEASE_SECONDS``. While a handler runs, a keeper
+thread pushes ``lease_until`` forward, so a long handler is never started a second time; if the
+worker dies the renewals stop and the sweep releases the row once the lease has passed.
+Completing a row is a compare-and-set on its ``lease_token``: a worker that lost its lease
+cannot overwrite its successor's outcome (its handler transaction is rolled back instead).
+
+Rows are claimed with ``SELECT ... FOR UPDATE SKIP LOCKED`` where the database supports it
+(PostgreSQL, MariaDB 10.6+, MySQL 8, SQL Server through mssql-django's READPAST); on SQLite,
+which has no row locks, the claim UPDATE re-checks the status (compare-and-set) and the
+database's single writer serialises claimers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from django.db import connections, models, transaction
+from django.db.models import DurationField, ExpressionWrapper, F, Min, Q
+from django.db.models.functions import Now
+from pydantic import ValidationError
+
+from .conf import IntegrationEventsSettings, get_settings
+from .context import MessageContext, current_context
+from .events import event_class_for
+from .exceptions import InvalidMessage, LeaseLost, PermanentFailure
+from .models import (
+    ACTIVE_STATUSES,
+    MessageBase,
+    MessageStatus,
+    PublishedMessage,
+    ReceivedMessage,
+)
+from .registry import Subscription, get_subscription, subscriptions
+from .retry import RetryStrategy
+from .signals import message_failed, message_retrying, message_succeeded
+
+logger = logging.getLogger("integration_events")
+
+M = TypeVar("M", bound=MessageBase)
+
+MAX_ERROR_LENGTH = 32_000
+# Exceptions that mean "stop this process now": recorded against the message, then re-raised
+# (django-q2's task timeout is a SystemExit subclass).
+STOP_EXCEPTIONS: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit)
+
+
+def _after(seconds: float) -> Any:
+    """``Now() + seconds`` in database time."""
+    return ExpressionWrapper(
+        Now() + timedelta(seconds=seconds), output_field=models.DateTimeField()
+    )
+
+
+def describe_exception(exc: BaseException, *, with_traceback: bool = True) -> str:
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else (
+        f"{kind.__module__}.{kind.__qualname__}"
+    )
+    text = f"{name}: {exc}"
+    if with_traceback and exc.__traceback__ is not None:
+        text += "\n\n" + "".join(traceback.format_exception(exc))
+    if len(text) > MAX_ERROR_LENGTH:
+        text = text[: MAX_ERROR_LENGTH - 40] + "\n... (truncated)"
+    return text
+
+
+@dataclass
+class PassStats:
+    dispatched: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    failed: int = 0
+    lost: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.dispatched + self.succeeded + self.retried + self.failed + self.lost
+
+    def add(self, other: PassStats) -> None:
+        self.dispatched += other.dispatched
+        self.succeeded += other.succeeded
+        self.retried += other.retried
+        self.failed += other.failed
+        self.lost += other.lost
+
+
+@dataclass
+class SweepStats:
+    released: int = 0
+    dead: int = 0
+    deleted_published: int = 0
+    deleted_received: int = 0
+
+
+class LeaseKeeper:
+    """A thread that renews the leases of the claims this worker holds, every LEASE/3 s."""
+
+    def __init__(self, alias: str, lease_seconds: float) -> None:
+        self.alias = alias
+        self.lease_seconds = lease_seconds
+        self.tokens: set[uuid.UUID] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ie-lease-keeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def hold(self, token: uuid.UUID) -> None:
+        with self._lock:
+            self.tokens.add(token)
+
+    def release(self, token: uuid.UUID) -> None:
+        with self._lock:
+            self.tokens.discard(token)
+
+    def renew(self) -> int:
+        with self._lock:
+            tokens = list(self.tokens)
+        if not tokens:
+            return 0
+        renewed = 0
+        for model in (ReceivedMessage, PublishedMessage):
+            renewed += model.objects.using(self.alias).filter(
+                status=MessageStatus.PROCESSING, lease_token__in=tokens
+            ).update(lease_until=_after(self.lease_seconds))
+        return renewed
+
+    def _run(self) -> None:
+        interval = max(0.05, self.lease_seconds / 3)
+        try:
+            while not self._stop.wait(interval):
+                try:
+                    self.renew()
+                except Exception:
+                    # A blip (database restart) must not kill the keeper; the next turn retries
+                    # and the lease is three intervals long.
+                    logger.warning("lease renewal failed alias=%s", self.alias, exc_info=True)
+                    connections[self.alias].close()
+        finally:
+            connections[self.alias].close()
+
+
+@dataclass
+class Worker:
+    """Claims and processes messages on one database alias.
+
+    ``run(budget)`` is what a django-q2 task calls; ``run_once()`` is one pass (dispatch, then
+    execute) and ``sweep()`` the periodic recovery and cleanup; tests call them directly.
+    """
+
+    using: str = "default"
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    keep_leases: bool = True
+    stop_exceptions: tuple[type[BaseException], ...] = STOP_EXCEPTIONS
+    # Called after each pass (testing uses it to run on-commit callbacks in a test transaction).
+    pass_wrapper: Callable[[Callable[[], PassStats]], PassStats] | None = None
+    _keeper: LeaseKeeper | None = field(default=None, init=False, repr=False)
+
+    @property
+    def settings(self) -> IntegrationEventsSettings:
+        return get_settings()
+
+    # --- the task loop ----------------------------------------------------------------------
+
+    def run(self, budget: float | None = None) -> PassStats:
+        """Process work until ``budget`` seconds have passed, or until there has been nothing to
+        do for IDLE_LINGER seconds and nothing falls due before the budget ends. Hands on a
+        nudge if due work remains (or falls due within WAKE_HORIZON)."""
+        s = self.settings
+        budget = s.task_time_budget() if budget is None else budget
+        deadline = time.monotonic() + budget
+        total = PassStats()
+        idle_since: float | None = None
+        handed_on = False
+        self._start_keeper()
+        try:
+            while time.monotonic() < deadline:
+                stats = self._pass()
+                total.add(stats)
+                if stats.total:
+                    idle_since = None
+                    continue
+                now = time.monotonic()
+                idle_since = idle_since or now
+                due_in = self.next_due_in()
+                if due_in is not None and due_in <= 0:
+                    continue
+                lingering = now - idle_since < s.IDLE_LINGER
+                due_before_deadline = due_in is not None and now + due_in < deadline
+                if not lingering and not due_before_deadline:
+                    if due_in is not None and due_in <= s.WAKE_HORIZON:
+                        handed_on = self._hand_on()
+                    break
+                time.sleep(s.POLL_INTERVAL)
+            else:
+                # Budget spent: if anything is left or near, another task carries on.
+                due_in = self.next_due_in()
+                if due_in is not None and due_in <= s.WAKE_HORIZON:
+                    handed_on = self._hand_on()
+        finally:
+            self._stop_keeper()
+        logger.debug(
+            "task done alias=%s dispatched=%s succeeded=%s retried=%s failed=%s handed_on=%s",
+            self.using, total.dispatched, total.succeeded, total.retried, total.failed,
+            handed_on,
+        )
+        return total
+
+    def run_until_idle(self, max_passes: int = 1000) -> PassStats:
+        """Pass after pass until a pass finds nothing due (for tests and management commands)."""
+        total = PassStats()
+        for _ in range(max_passes):
+            stats = self._pass()
+            total.add(stats)
+            if not stats.total:
+                break
+        return total
+
+    def _hand_on(self) -> bool:
+        from .publisher import nudge
+
+        try:
+            return nudge(self.using)
+        except Exception:
+            logger.warning("hand-on nudge failed alias=%s", self.using, exc_info=True)
+            return False
+
+    def _start_keeper(self) -> None:
+        if self.keep_leases and self._keeper is None:
+            self._keeper = LeaseKeeper(self.using, self.settings.LEASE_SECONDS)
+            self._keeper.start()
+
+    def _stop_keeper(self) -> None:
+        if self._keeper is not None:
+            self._keeper.stop()
+            self._keeper = None
+
+    def _pass(self) -> PassStats:
+        if self.pass_wrapper is not None:
+            return self.pass_wrapper(self.run_once)
+        return self.run_once()
+
+    def run_once(self) -> PassStats:
+        """One pass: fan out due published messages, then run due received ones."""
+        stats = PassStats()
+        stats.add(self.dispatch_batch())
+        stats.add(self.execute_batch())
+        return stats
+
+    # --- claims -------------------------------------------------------------------------------
+
+    def _claim(self, model: type[M], limit: int, *, count_attempt: bool) -> list[M]:
+        """Take up to ``limit`` due rows of ``model`` under a fresh lease token."""
+        s = self.settings
+        token = uuid.uuid4()
+        manager = model.objects.using(self.using)
+        features = connections[self.using].features
+        with transaction.atomic(using=self.using):
+            qs = manager.filter(
+                status__in=ACTIVE_STATUSES, next_attempt_at__lte=Now()
+            ).order_by("next_attempt_at")
+            if features.has_select_for_update_skip_locked:
+                qs = qs.select_for_update(skip_locked=True)
+            ids = list(qs.values_list("pk", flat=True)[:limit])
+            if not ids:
+                return []
+            changes: dict[str, Any] = {
+                "status": MessageStatus.PROCESSING,
+                "lease_token": token,
+                "lease_until": _after(s.LEASE_SECONDS),
+                "claimed_by": self.name,
+            }
+            if count_attempt:
+                changes["attempts"] = F("attempts") + 1
+            # The status condition makes this a compare-and-set where rows are not locked.
+            manager.filter(pk__in=ids, status__in=ACTIVE_STATUSES).update(**changes)
+        return list(manager.filter(pk__in=ids, lease_token=token).order_by("next_attempt_at"))
+
+    def _finish(
+        self, model: type[MessageBase], pks: Iterable[Any], token: uuid.UUID, **changes: Any
+    ) -> int:
+        """Compare-and-set on the lease: only the holder of ``token`` can finish the rows."""
+        return model.objects.using(self.using).filter(
+            pk__in=list(pks), lease_token=token, status=MessageStatus.PROCESSING
+        ).update(lease_token=None, lease_until=None, **changes)
+
+    def _succeeded_changes(self, last_error: str | None = None) -> dict[str, Any]:
+        changes: dict[str, Any] = {
+            "status": MessageStatus.SUCCEEDED,
+            "finished_at": Now(),
+            "expires_at": _after(self.settings.SUCCEEDED_EXPIRY),
+        }
+        if last_error is not None:
+            changes["last_error"] = last_error
+        return changes
+
+    def _failure_changes(
+        self, attempts: int, error: str, strategy: RetryStrategy, permanent: bool
+    ) -> tuple[dict[str, Any], bool]:
+        """The update for a failed attempt and whether it is final."""
+        if permanent or not strategy.should_retry(attempts):
+            return {
+                "status": MessageStatus.FAILED,
+                "last_error": error,
+                "finished_at": Now(),
+                "expires_at": _after(self.settings.FAILED_EXPIRY),
+            }, True
+        return {
+            "status": MessageStatus.RETRYING,
+            "last_error": error,
+            "next_attempt_at": _after(strategy.delay(attempts)),
+        }, False
+
+    def _record_failure(
+        self,
+        model: type[M],
+        row: M,
+        token: uuid.UUID,
+        attempts: int,
+        error: str,
+        strategy: RetryStrategy,
+        *,
+        permanent: bool,
+        log_fields: str,
+    ) -> bool:
+        """Move ``row`` to retrying or failed; fires the signals after commit. Returns False if
+        the lease was lost (someone else owns the outcome)."""
+        changes, final = self._failure_changes(attempts, error, strategy, permanent)
+        if not self._finish(model, [row.pk], token, **changes):
+            logger.warning("lease lost before recording failure %s", log_fields)
+            return False
+        first_line = error.split("\n", 1)[0]
+        if final:
+            logger.error("message failed %s error=%r", log_fields, first_line)
+            transaction.on_commit(
+                lambda: self._announce_failed(model, row.pk, error), using=self.using
+            )
+        else:
+            logger.info("message retrying %s error=%r", log_fields, first_line)
+            transaction.on_commit(
+                lambda: message_retrying.send(sender=model, message=row, error=error),
+                using=self.using,
+            )
+        return True
+
+    def _announce_failed(self, model: type[MessageBase], pk: Any, error: str) -> None:
+        """Signal and threshold callback, once per committed transition to failed."""
+        message = model.objects.using(self.using).filter(pk=pk).first()
+        if message is None:
+            return
+        message_failed.send(sender=model, message=message, error=error)
+        callback = self.settings.failed_threshold_callback()
+        if callback is not None:
+            try:
+                callback(message)
+            except Exception:
+                logger.exception("FAILED_THRESHOLD_CALLBACK raised message_pk=%s", pk)
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    def dispatch_batch(self, limit: int | None = None) -> PassStats:
+        """Fan out due published messages into one inbox row per subscribed group."""
+        stats = PassStats()
+        rows = self._claim(
+            PublishedMessage, limit or self.settings.CLAIM_BATCH_SIZE, count_attempt=True
+        )
+        if not rows:
+            return stats
+        token = rows[0].lease_token
+        assert token is not None
+        fan_out: list[tuple[PublishedMessage, dict[str, Subscription]]] = []
+        for row in rows:
+            log_fields = f"message_id={row.id} topic={row.topic}"
+            if event_class_for(row.topic) is None:
+                strategy = RetryStrategy(
+                    max_attempts=self.settings.UNKNOWN_TOPIC_MAX_ATTEMPTS,
+                    base_delay=self.settings.RETRY_BASE_DELAY,
+                    max_delay=self.settings.RETRY_MAX_DELAY,
+                    jitter=self.settings.RETRY_JITTER,
+                )
+                error = (
+                    f"UnknownTopic: no event class declares topic {row.topic!r} in this process. "
+                    "If a newer deployment introduced it, deploy subscribers before publishers."
+                )
+                if self._record_failure(
+                    PublishedMessage, row, token, row.attempts, error, strategy,
+                    permanent=False, log_fields=log_fields,
+                ):
+                    stats.retried += 1
+                continue
+            try:
+                json.loads(row.content)
+            except ValueError as exc:
+                error = f"InvalidMessage: content is not valid JSON: {exc}"
+                if self._record_failure(
+                    PublishedMessage, row, token, row.attempts, error,
+                    self.settings.retry_strategy(), permanent=True, log_fields=log_fields,
+                ):
+                    stats.failed += 1
+                continue
+            fan_out.append((row, subscriptions(row.topic)))
+        if fan_out:
+            stats.dispatched += self._fan_out(fan_out, token)
+        return stats
+
+    def _fan_out(
+        self, items: list[tuple[PublishedMessage, dict[str, Subscription]]], token: uuid.UUID
+    ) -> int:
+        inbox = [
+            ReceivedMessage(
+                message_id=row.pk, group=group, topic=row.topic, handler=sub.dotted_path
+            )
+            for row, subs in items
+            for group, sub in subs.items()
+        ]
+        with_subs = [row.pk for row, subs in items if subs]
+        without = [row.pk for row, subs in items if not subs]
+        with transaction.atomic(using=self.using):
+            if inbox:
+                # The unique (message, group) constraint makes a repeated fan-out a no-op.
+                ReceivedMessage.objects.using(self.using).bulk_create(
+                    inbox, ignore_conflicts=True, batch_size=500
+                )
+            done = 0
+            if with_subs:
+                done += self._finish(
+                    PublishedMessage, with_subs, token, **self._succeeded_changes()
+                )
+            if without:
+                done += self._finish(
+                    PublishedMessage, without, token,
+                    **self._succeeded_changes("no subscribers: nothing to deliver"),
+                )
+            if done != len(items):
+                # Some lease was lost: roll back; the rows are someone else's now.
+                transaction.set_rollback(True, using=self.using)
+                logger.warning("lease lost during fan-out alias=%s rows=%s", self.using,
+                               len(items))
+                return 0
+        for row, subs in items:
+            logger.debug("dispatched message_id=%s topic=%s groups=%s", row.id, row.topic,
+                         ",".join(subs) or "-")
+        return len(items)
+
+    # --- execution ----------------------------------------------------------------------------
+
+    def execute_batch(self, limit: int | None = None) -> PassStats:
+        """Run the handlers of due inbox rows, each in its own transaction."""
+        stats = PassStats()
+        rows = self._claim(
+            ReceivedMessage, limit or self.settings.CLAIM_BATCH_SIZE, count_attempt=False
+        )
+        if not rows:
+            return stats
+        token = rows[0].lease_token
+        assert token is not None
+        messages = PublishedMessage.objects.using(self.using).in_bulk(
+            {row.message_id for row in rows}
+        )
+        if self._keeper is not None:
+            self._keeper.hold(token)
+        try:
+            for index, row in enumerate(rows):
+                message = messages.get(row.message_id)
+                try:
+                    outcome = self._execute(row, message, token)
+                except BaseException:
+                    # A stop exception: the rows not started yet go back to the queue now,
+                    # instead of waiting for their lease to expire.
+                    self._release_unstarted(rows[index + 1 :], token)
+                    raise
+                setattr(stats, outcome, getattr(stats, outcome) + 1)
+        finally:
+            if self._keeper is not None:
+                self._keeper.release(token)
+        return stats
+
+    def _release_unstarted(self, rows: list[ReceivedMessage], token: uuid.UUID) -> None:
+        if not rows:
+            return
+        try:
+            ReceivedMessage.objects.using(self.using).filter(
+                pk__in=[r.pk for r in rows], lease_token=token, status=MessageStatus.PROCESSING
+            ).update(status=MessageStatus.RETRYING, lease_token=None, lease_until=None,
+                     next_attempt_at=Now())
+        except Exception:
+            logger.warning("could not release unstarted rows; their lease will expire",
+                           exc_info=True)
+
+    def _execute(
+        self, row: ReceivedMessage, message: PublishedMessage | None, token: uuid.UUID
+    ) -> str:
+        """Run one inbox row; returns the PassStats field to count it under."""
+        log_fields = (
+            f"message_id={row.message_id} topic={row.topic} group={row.group}"
+        )
+        # Count the attempt before the handler runs, in its own committed statement: a handler
+        # that kills its worker has still used it up.
+        if not ReceivedMessage.objects.using(self.using).filter(
+            pk=row.pk, lease_token=token, status=MessageStatus.PROCESSING
+        ).update(attempts=F("attempts") + 1):
+            logger.warning("lease lost before start %s", log_fields)
+            return "lost"
+        attempt = row.attempts = row.attempts + 1
+        log_fields += f" attempt={attempt}"
+        sub = get_subscription(row.topic, row.group)
+        strategy = sub.retry_strategy() if sub else self.settings.retry_strategy()
+
+        def fail(error: str, permanent: bool) -> str:
+            if not self._record_failure(
+                ReceivedMessage, row, token, attempt, error, strategy,
+                permanent=permanent, log_fields=log_fields,
+            ):
+                return "lost"
+            if permanent or not strategy.should_retry(attempt):
+                return "failed"
+            return "retried"
+
+        if message is None:
+            return fail("InvalidMessage: the published message row is gone", True)
+        if sub is None:
+            return fail(
+                f"NoHandler: group {row.group!r} has no handler for topic {row.topic!r} in "
+                "this process (retried: a newer deployment may have one)",
+                False,
+            )
+        event_type = sub.event_type or event_class_for(row.topic)
+        if event_type is None:
+            return fail(f"UnknownTopic: no event class declares topic {row.topic!r}", False)
+        try:
+            event = event_type.model_validate_json(message.content)
+        except ValidationError as exc:
+            return fail(
+                f"InvalidMessage: the payload does not validate as "
+                f"{event_type.__module__}.{event_type.__qualname__}: {exc}",
+                True,
+            )
+        except ValueError as exc:
+            return fail(f"InvalidMessage: content is not valid JSON: {exc}", True)
+
+        context = MessageContext(
+            message_id=message.pk,
+            topic=row.topic,
+            group=row.group,
+            attempt=attempt,
+            correlation_id=message.correlation_id,
+            correlation_sequence=message.correlation_sequence,
+            headers={**message.message_headers, "group": row.group},
+        )
+        args: tuple[Any, ...] = (event, context) if sub.wants_context else (event,)
+        reset = current_context.set(context)
+        try:
+            if sub.atomic:
+                with transaction.atomic(using=self.using):
+                    sub.handler(*args)
+                    if not self._finish(
+                        ReceivedMessage, [row.pk], token, **self._succeeded_changes()
+                    ):
+                        raise LeaseLost(log_fields)
+                    transaction.on_commit(
+                        lambda: message_succeeded.send(sender=ReceivedMessage, message=row),
+                        using=self.using,
+                    )
+            else:
+                sub.handler(*args)
+                if not self._finish(
+                    ReceivedMessage, [row.pk], token, **self._succeeded_changes()
+                ):
+                    raise LeaseLost(log_fields)
+                message_succeeded.send(sender=ReceivedMessage, message=row)
+        except LeaseLost:
+            logger.warning("lease lost; outcome discarded %s", log_fields)
+            return "lost"
+        except BaseException as exc:
+            permanent = isinstance(exc, PermanentFailure)
+            outcome = fail(
+                describe_exception(exc, with_traceback=self.settings.STORE_TRACEBACK),
+                permanent,
+            )
+            if isinstance(exc, self.stop_exceptions):
+                raise
+            return outcome
+        finally:
+            current_context.reset(reset)
+        logger.debug("message succeeded %s", log_fields)
+        return "succeeded"
+
+    # --- timing -------------------------------------------------------------------------------
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the next pending or retrying row falls due (negative: overdue)."""
+        best: timedelta | None = None
+        for model in (PublishedMessage, ReceivedMessage):
+            value = model.objects.using(self.using).filter(
+                status__in=ACTIVE_STATUSES
+            ).aggregate(
+                due=Min(ExpressionWrapper(F("next_attempt_at") - Now(),
+                                          output_field=DurationField()))
+            )["due"]
+            if value is not None and (best is None or value < best):
+                best = value
+        return None if best is None else best.total_seconds()
+
+    # --- sweep: recovery and cleanup ----------------------------------------------------------
+
+    def sweep(self) -> SweepStats:
+        """Release expired leases (failing rows whose attempts are used up) and delete
+        terminal rows past their expiry."""
+        stats = SweepStats()
+        for model in (PublishedMessage, ReceivedMessage):
+            released, dead = self._release_expired(model)
+            stats.released += released
+            stats.dead += dead
+        stats.deleted_received = self._delete_expired(ReceivedMessage)
+        stats.deleted_published = self._delete_expired(
+            PublishedMessage, ~Q(pk__in=ReceivedMessage.objects.values("message_id"))
+        )
+        if stats.released or stats.dead or stats.deleted_published or stats.deleted_received:
+            logger.info(
+                "sweep alias=%s released=%s dead=%s deleted_published=%s deleted_received=%s",
+                self.using, stats.released, stats.dead, stats.deleted_published,
+                stats.deleted_received,
+            )
+        return stats
+
+    def _release_expired(self, model: type[M]) -> tuple[int, int]:
+        manager = model.objects.using(self.using)
+        expired = list(
+            manager.filter(status=MessageStatus.PROCESSING, lease_until__lt=Now())[:1000]
+        )
+        released = dead = 0
+        for row in expired:
+            if isinstance(row, ReceivedMessage):
+                sub = get_subscription(row.topic, row.group)
+                strategy = sub.retry_strategy() if sub else self.settings.retry_strategy()
+                log_fields = f"message_id={row.message_id} topic={row.topic} group={row.group}"
+            else:
+                strategy = self.settings.retry_strategy()
+                log_fields = f"message_id={row.pk} topic={row.topic}"
+            error = (
+                f"LeaseExpired: the worker that took attempt {row.attempts} stopped renewing its "
+                "claim (killed, crashed, or hung past the task timeout)"
+            )
+            if row.attempts == 0:
+                # Claimed but never started: nothing to count against it.
+                changes: dict[str, Any] = {"status": MessageStatus.RETRYING,
+                                           "next_attempt_at": Now()}
+                final = False
+            else:
+                changes, final = self._failure_changes(row.attempts, error, strategy, False)
+            with transaction.atomic(using=self.using):
+                # Compare-and-set: only if nobody renewed or finished it meanwhile.
+                n = manager.filter(
+                    pk=row.pk, lease_token=row.lease_token, status=MessageStatus.PROCESSING,
+                    lease_until__lt=Now(),
+                ).update(lease_token=None, lease_until=None, **changes)
+                if n and final:
+                    pk = row.pk
+                    transaction.on_commit(
+                        lambda pk=pk, m=model, e=error: self._announce_failed(m, pk, e),
+                        using=self.using,
+                    )
+            if n:
+                logger.warning("lease expired %s attempt=%s final=%s", log_fields,
+                               row.attempts, final)
+                if final:
+                    dead += 1
+                else:
+                    released += 1
+        return released, dead
+
+    def _delete_expired(self, model: type[MessageBase], *extra: Q) -> int:
+        deleted = 0
+        batch = self.settings.CLEANUP_BATCH_SIZE
+        manager = model.objects.using(self.using)
+        while True:
+            pks = list(
+                manager.filter(
+                    Q(status__in=(MessageStatus.SUCCEEDED, MessageStatus.FAILED)),
+                    Q(expires_at__lt=Now()),
+                    *extra,
+                ).values_list("pk", flat=True)[:batch]
+            )
+            if not pks:
+                return deleted
+            # _raw_delete: no cascade collection (receipts are deleted first, by their own
+            # expiry, and published rows with receipts left are excluded above).
+            deleted += manager.filter(pk__in=pks)._raw_delete(self.using)  # type: ignore[attr-defined]
+            if len(pks) < batch:
+                return deleted

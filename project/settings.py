@@ -1,0 +1,188 @@
+"""Settings of the demo project, also used by the test suite.
+
+The database is chosen by environment variables so that the same settings serve the demo
+(SQLite, no server) and the test matrix (SQLite, PostgreSQL, MariaDB):
+
+    IE_DB=sqlite|postgres|mysql   (default sqlite)
+    IE_DB_NAME                    database name (server backends; default "test")
+    IE_DB_HOST / IE_DB_PORT / IE_DB_USER / IE_DB_PASSWORD
+    IE_SQLITE_PATH                SQLite file (default var/db.sqlite3)
+    IE_SQLITE_TEST_PATH           SQLite file the test runner creates (default
+                                  var/test-db.sqlite3; a file, so a qcluster subprocess can share it)
+    IE_Q_BROKER=orm|redis         django-q2 broker (default orm)
+    IE_Q_WORKERS                  django-q2 workers (default 1 on SQLite, 2 otherwise)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("IE_VAR_DIR", BASE_DIR / "var"))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """A per-checkout random key, kept in var/ (never committed)."""
+    if os.environ.get("DJANGO_SECRET_KEY"):
+        return os.environ["DJANGO_SECRET_KEY"]
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        import secrets
+
+        path.write_text(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]", "testserver"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_q",
+    "integration_events",
+    "accounts",
+    "equipment",
+    "files",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = "project.wsgi.application"
+
+DB_VENDOR = os.environ.get("IE_DB", "sqlite")
+_server = {
+    "HOST": os.environ.get("IE_DB_HOST", "127.0.0.1"),
+    "NAME": os.environ.get("IE_DB_NAME", "test"),
+    # Workers keep their connection: a new one per task costs more than the task.
+    "CONN_MAX_AGE": None,
+    "CONN_HEALTH_CHECKS": True,
+}
+DATABASES: dict[str, dict[str, Any]]
+if DB_VENDOR == "postgres":
+    DATABASES = {"default": {
+        **_server,
+        "ENGINE": "django.db.backends.postgresql",
+        "PORT": os.environ.get("IE_DB_PORT", "5432"),
+        "USER": os.environ.get("IE_DB_USER", "postgres"),
+        "PASSWORD": os.environ.get("IE_DB_PASSWORD", ""),
+    }}
+elif DB_VENDOR == "mysql":
+    DATABASES = {"default": {
+        **_server,
+        "ENGINE": "django.db.backends.mysql",
+        "PORT": os.environ.get("IE_DB_PORT", "3306"),
+        "USER": os.environ.get("IE_DB_USER", "root"),
+        "PASSWORD": os.environ.get("IE_DB_PASSWORD", ""),
+        # READ COMMITTED: claims must see rows other workers committed since the transaction
+        # began (REPEATABLE READ, MariaDB's default, would hide them from a long transaction).
+        "OPTIONS": {"isolation_level": "read committed", "charset": "utf8mb4"},
+        "TEST": {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
+    }}
+elif DB_VENDOR == "sqlite":
+    DATABASES = {"default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("IE_SQLITE_PATH", str(VAR_DIR / "db.sqlite3")),
+        "OPTIONS": {
+            # One writer at a time: take the write lock at BEGIN instead of failing on upgrade,
+            # wait up to 20 s for it, and let readers run beside the writer (WAL).
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+        "TEST": {"NAME": os.environ.get(
+            "IE_SQLITE_TEST_PATH", str(VAR_DIR / "test-db.sqlite3"))},
+    }}
+else:
+    raise RuntimeError(f"IE_DB must be sqlite, postgres or mysql, not {DB_VENDOR!r}")
+
+CACHES = {
+    # File-based: shared by runserver and qcluster on one machine, so nudges are coalesced
+    # across them. Use Redis (or the database cache) when they run on several machines.
+    "default": {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(VAR_DIR / "cache"),
+    }
+}
+
+_workers = int(os.environ.get("IE_Q_WORKERS", "1" if DB_VENDOR == "sqlite" else "2"))
+Q_CLUSTER: dict[str, Any] = {
+    "name": "integration-events",
+    "workers": _workers,
+    # A task's work budget is a quarter of this (INTEGRATION_EVENTS TASK_TIME_BUDGET).
+    "timeout": 120,
+    "retry": 180,
+    "max_attempts": 1,
+    "ack_failures": True,
+    "save_limit": 100,
+    "poll": 0.1,
+    "catch_up": False,
+    "queue_limit": max(4, _workers * 2),
+    "recycle": 1000,
+    "label": "Django Q",
+}
+if os.environ.get("IE_Q_BROKER", "orm") == "redis":
+    Q_CLUSTER["redis"] = {"host": os.environ.get("IE_REDIS_HOST", "127.0.0.1"), "port": 6379,
+                          "db": int(os.environ.get("IE_REDIS_DB", "0"))}
+else:
+    Q_CLUSTER["orm"] = "default"
+
+INTEGRATION_EVENTS: dict[str, Any] = {
+    "MAX_ATTEMPTS": int(os.environ.get("IE_MAX_ATTEMPTS", "5")),
+    "RETRY_BASE_DELAY": float(os.environ.get("IE_RETRY_BASE_DELAY", "2")),
+    "LEASE_SECONDS": float(os.environ.get("IE_LEASE_SECONDS", "30")),
+}
+
+AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+MEDIA_ROOT = Path(os.environ.get("IE_MEDIA_ROOT", VAR_DIR / "media"))
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = "equipment@example.com"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "integration_events": {"handlers": ["console"],
+                               "level": os.environ.get("IE_LOG_LEVEL", "INFO")},
+    },
+}

@@ -1,0 +1,14 @@
+from django.db import models
+
+
+class Delivery(models.Model):
+    """One row per handler run that committed: the handlers' database side effect.
+    Deliberately not unique, so a repeated side effect shows up as a second row."""
+
+    message_id = models.UUIDField(db_index=True)
+    group = models.CharField(max_length=100)
+    n = models.IntegerField()
+    attempt = models.IntegerField()
+    correlation_id = models.UUIDField(null=True)
+    correlation_sequence = models.IntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)

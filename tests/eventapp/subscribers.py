@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import os
+import time
+
+from integration_events import MessageContext, publish, subscriber
+
+from .events import ChainLinked, ProbeHappened
+from .models import Delivery
+from .topics import ProbeTopics
+
+
+class ProbeBaseException(BaseException):
+    """Not an Exception: the worker must still record it against the message."""
+
+
+def behave(event: ProbeHappened, context: MessageContext) -> None:
+    if event.only_group and event.only_group != context.group:
+        return
+    kind, _, arg = event.behaviour.partition(":")
+    if kind == "fail" and (not arg or context.attempt <= int(arg)):
+        raise RuntimeError(f"probe {event.n} fails on attempt {context.attempt}")
+    if kind == "permanent":
+        from integration_events.exceptions import PermanentFailure
+
+        raise PermanentFailure(f"probe {event.n} can never be processed")
+    if kind == "sleep":
+        time.sleep(float(arg))
+    if kind == "hang":
+        time.sleep(3600)
+    if kind == "exit":
+        os._exit(3)
+    if kind == "base":
+        raise ProbeBaseException(f"probe {event.n} raises a BaseException")
+
+
+def record(event: ProbeHappened, context: MessageContext) -> None:
+    Delivery.objects.create(
+        message_id=context.message_id, group=context.group, n=event.n, attempt=context.attempt,
+        correlation_id=context.correlation_id,
+        correlation_sequence=context.correlation_sequence,
+    )
+
+
+@subscriber(ProbeTopics.PROBE_HAPPENED, group="probe-a")
+def probe_a(event: ProbeHappened, context: MessageContext) -> None:
+    record(event, context)
+    behave(event, context)
+
+
+@subscriber(ProbeTopics.PROBE_HAPPENED, group="probe-b")
+def probe_b(event: ProbeHappened, context: MessageContext) -> None:
+    record(event, context)
+    behave(event, context)
+
+
+@subscriber(ProbeTopics.CHAIN_LINKED)
+def extend_chain(event: ChainLinked, context: MessageContext) -> None:
+    """Publishes the next link for ever: the hop limit must stop it."""
+    Delivery.objects.create(
+        message_id=context.message_id, group=context.group, n=event.depth,
+        attempt=context.attempt, correlation_id=context.correlation_id,
+        correlation_sequence=context.correlation_sequence,
+    )
+    publish(ChainLinked(depth=event.depth + 1))

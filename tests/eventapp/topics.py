@@ -1,0 +1,7 @@
+from enum import StrEnum
+
+
+class ProbeTopics(StrEnum):
+    PROBE_HAPPENED = "probe.probe-happened"
+    CHAIN_LINKED = "probe.chain-linked"
+    LONELY_HAPPENED = "probe.lonely-happened"

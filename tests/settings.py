@@ -1,0 +1,11 @@
+"""Test settings: the demo project's, plus the probe app the engine tests use."""
+
+from project.settings import *  # noqa: F403
+from project.settings import INSTALLED_APPS, INTEGRATION_EVENTS
+
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.eventapp"]
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+INTEGRATION_EVENTS = {**INTEGRATION_EVENTS, "MAX_ATTEMPTS": 3, "RETRY_BASE_DELAY": 0.5,
+                      "RETRY_MAX_DELAY": 5.0}
