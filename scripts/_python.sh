@@ -30,6 +30,10 @@ make_venv() {
   echo "==> creating $dir with $("$py" --version 2>&1) (extras: $extras)"
   [ -x "$dir/bin/python" ] || "$py" -m venv "$dir"
   "$dir/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$dir/bin/python" -m pip install -q -e ".[$extras]" "$@" 2>&1 | grep -v -e "^WARNING: Location" -e "BuildBackendWarning" -e "_filter_existing_files" || true
+  if ! "$dir/bin/python" -m pip install -q -e ".[$extras]" "$@" >"$dir/pip.log" 2>&1; then
+    grep -v -e "^WARNING: Location" "$dir/pip.log" | tail -30
+    echo "error: installing into $dir failed (full log: $dir/pip.log)" >&2
+    return 1
+  fi
   rm -f "$dir"/.installed-*; touch "$stamp"
 }
