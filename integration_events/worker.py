@@ -279,12 +279,20 @@ class Worker:
         manager = model.objects.using(self.using)
         features = connections[self.using].features
         with transaction.atomic(using=self.using):
-            qs = manager.filter(
-                status__in=ACTIVE_STATUSES, next_attempt_at__lte=Now()
-            ).order_by("next_attempt_at")
-            if features.has_select_for_update_skip_locked:
-                qs = qs.select_for_update(skip_locked=True)
-            ids = list(qs.values_list("pk", flat=True)[:limit])
+            ids: list[Any] = []
+            # One query per status, each an ordered range of the (status, next_attempt_at)
+            # index: with "status IN (...)" InnoDB sorts, and a locking read that sorts locks
+            # every due row, which would leave nothing for the other claimers to skip to.
+            # Overdue retries go first so that a flood of new messages cannot starve them.
+            for status in (MessageStatus.RETRYING, MessageStatus.PENDING):
+                qs = manager.filter(status=status, next_attempt_at__lte=Now()).order_by(
+                    "next_attempt_at"
+                )
+                if features.has_select_for_update_skip_locked:
+                    qs = qs.select_for_update(skip_locked=True)
+                ids += qs.values_list("pk", flat=True)[: limit - len(ids)]
+                if len(ids) >= limit:
+                    break
             if not ids:
                 return []
             changes: dict[str, Any] = {

@@ -68,7 +68,8 @@ class Cluster:
 
     def env(self) -> dict[str, str]:
         db = settings.DATABASES["default"]
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
         if connection.vendor == "sqlite":
             env["IE_SQLITE_PATH"] = str(db["NAME"])
         else:
