@@ -272,6 +272,15 @@ class Worker:
 
     # --- claims -------------------------------------------------------------------------------
 
+    def claim_queryset(
+        self, model: type[M], status: str, *, skip_locked: bool
+    ) -> models.QuerySet[M]:
+        """Due rows of one status, oldest first, locked and skipping rows others locked."""
+        qs = model.objects.using(self.using).filter(
+            status=status, next_attempt_at__lte=Now()
+        ).order_by("next_attempt_at")
+        return qs.select_for_update(skip_locked=True) if skip_locked else qs
+
     def _claim(self, model: type[M], limit: int, *, count_attempt: bool) -> list[M]:
         """Take up to ``limit`` due rows of ``model`` under a fresh lease token."""
         s = self.settings
@@ -285,11 +294,9 @@ class Worker:
             # every due row, which would leave nothing for the other claimers to skip to.
             # Overdue retries go first so that a flood of new messages cannot starve them.
             for status in (MessageStatus.RETRYING, MessageStatus.PENDING):
-                qs = manager.filter(status=status, next_attempt_at__lte=Now()).order_by(
-                    "next_attempt_at"
+                qs = self.claim_queryset(
+                    model, status, skip_locked=features.has_select_for_update_skip_locked
                 )
-                if features.has_select_for_update_skip_locked:
-                    qs = qs.select_for_update(skip_locked=True)
                 ids += qs.values_list("pk", flat=True)[: limit - len(ids)]
                 if len(ids) >= limit:
                     break

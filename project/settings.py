@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import django
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("IE_VAR_DIR", BASE_DIR / "var"))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
@@ -52,6 +54,7 @@ INSTALLED_APPS = [
     "accounts",
     "equipment",
     "files",
+    "project",
 ]
 
 MIDDLEWARE = [
@@ -173,8 +176,17 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 MEDIA_ROOT = Path(os.environ.get("IE_MEDIA_ROOT", VAR_DIR / "media"))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = "equipment@example.com"
+_EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+if django.VERSION >= (6, 1):
+    MAILERS = {"default": {"BACKEND": _EMAIL_BACKEND}}
+else:  # pragma: no cover - Django 5.2 / 6.0
+    EMAIL_BACKEND = _EMAIL_BACKEND
+# Who the equipment context notifies when equipment is created (equipment.subscribers).
+EQUIPMENT_NOTIFICATION_RECIPIENTS = ["inventory@example.com"]
+# Demo only: sample handlers fail on data marked "[flaky]" (first attempt) or "[poison]"
+# (every attempt); see project/faults.py. Set IE_DEMO_FAULTS=0 to turn it off.
+DEMO_FAULT_INJECTION = os.environ.get("IE_DEMO_FAULTS", "1") == "1"
 
 LOGGING = {
     "version": 1,

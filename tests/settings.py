@@ -7,7 +7,7 @@ from project.settings import INSTALLED_APPS, INTEGRATION_EVENTS
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.eventapp"]
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+# The test runner switches email to the locmem backend (django.core.mail.outbox) itself.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Small limits so that retries and dead letters happen within a test; a qcluster subprocess
 # started by a test gets its own values through the same environment variables.

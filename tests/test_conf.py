@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+
+from integration_events.conf import build_settings, get_settings
+
+
+def test_defaults() -> None:
+    s = build_settings({})
+    assert (s.MAX_ATTEMPTS, s.RETRY_BASE_DELAY, s.LEASE_SECONDS) == (10, 5.0, 30.0)
+    assert s.DATABASES == ("default",)
+
+
+def test_unknown_key_is_named() -> None:
+    with pytest.raises(ImproperlyConfigured, match="'MAX_ATTEMPT'"):
+        build_settings({"MAX_ATTEMPT": 3})
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("MAX_ATTEMPTS", "3", "MAX_ATTEMPTS"),
+    ("MAX_ATTEMPTS", 0, "at least 1"),
+    ("MAX_ATTEMPTS", True, "whole number"),
+    ("RETRY_BASE_DELAY", -1, "non-negative"),
+    ("RETRY_JITTER", 1.5, "between 0 and 1"),
+    ("NUDGE", "yes", "True or False"),
+    ("DATABASES", "default", "list of database aliases"),
+    ("FAILED_THRESHOLD_CALLBACK", 42, "callable"),
+    ("TASK_TIME_BUDGET", 0, "positive"),
+])
+def test_wrong_types_are_rejected_with_the_key(key, value, expected) -> None:
+    with pytest.raises(ImproperlyConfigured, match=expected) as info:
+        build_settings({key: value})
+    assert key in str(info.value)
+
+
+def test_not_a_dict() -> None:
+    with pytest.raises(ImproperlyConfigured, match="must be a dict"):
+        build_settings([("MAX_ATTEMPTS", 3)])
+
+
+def test_max_delay_below_base() -> None:
+    with pytest.raises(ImproperlyConfigured, match="RETRY_MAX_DELAY"):
+        build_settings({"RETRY_BASE_DELAY": 10, "RETRY_MAX_DELAY": 5})
+
+
+def test_read_lazily_so_override_settings_works() -> None:
+    before = get_settings().MAX_ATTEMPTS
+    with override_settings(INTEGRATION_EVENTS={"MAX_ATTEMPTS": before + 7}):
+        assert get_settings().MAX_ATTEMPTS == before + 7
+    assert get_settings().MAX_ATTEMPTS == before
+
+
+def test_task_budget_follows_q_cluster_timeout() -> None:
+    with override_settings(Q_CLUSTER={"timeout": 100, "retry": 120}, INTEGRATION_EVENTS={}):
+        assert get_settings().task_time_budget() == 25
+    with override_settings(Q_CLUSTER={"timeout": 1000, "retry": 1200}, INTEGRATION_EVENTS={}):
+        assert get_settings().task_time_budget() == 60
+
+
+def test_callback_path_that_does_not_import() -> None:
+    s = build_settings({"FAILED_THRESHOLD_CALLBACK": "nowhere.to.be.found"})
+    with pytest.raises(ImproperlyConfigured, match="cannot import"):
+        s.failed_threshold_callback()

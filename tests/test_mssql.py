@@ -1,0 +1,52 @@
+"""SQL Server, without a server: compile the claim queries with mssql-django's compiler and
+check they take the READPAST/UPDLOCK form (its SKIP LOCKED)."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connections
+
+from integration_events.models import MessageStatus, PublishedMessage, ReceivedMessage
+from integration_events.worker import Worker
+
+mssql_base = pytest.importorskip(
+    "mssql.base", reason="mssql-django (and unixODBC's libodbc2) not installed: pip install "
+    "'.[mssql]' and apt-get install libodbc2",
+)
+
+
+@pytest.fixture
+def mssql_connection():
+    settings_dict = {**connections["default"].settings_dict, "ENGINE": "mssql",
+                     "NAME": "events", "HOST": "sqlserver.invalid", "PORT": "1433",
+                     "OPTIONS": {"driver": "ODBC Driver 18 for SQL Server"}}
+    conn = mssql_base.DatabaseWrapper(settings_dict, alias="mssql-compile-only")
+    # The compiler asks the server for its version and the connection for autocommit;
+    # there is no server here, so pre-fill both (SQL Server 2022, inside a transaction).
+    conn.__dict__["sql_server_version"] = 2022
+    conn.__dict__["to_azure_sql_db"] = False
+    conn.get_autocommit = lambda: False  # type: ignore[method-assign]
+    return conn
+
+
+def compile_sql(queryset, conn) -> str:
+    sql, params = queryset.query.get_compiler(connection=conn).as_sql()
+    return sql % tuple(repr(p) for p in params)
+
+
+@pytest.mark.parametrize("model", [PublishedMessage, ReceivedMessage])
+def test_claim_query_uses_readpast(model, mssql_connection) -> None:
+    assert mssql_connection.features.has_select_for_update_skip_locked
+    qs = Worker().claim_queryset(model, MessageStatus.PENDING, skip_locked=True)
+    sql = compile_sql(qs.values_list("pk", flat=True)[:100], mssql_connection)
+    assert "WITH (ROWLOCK, UPDLOCK, READPAST)" in sql
+    assert "TOP 100" in sql or "FETCH FIRST 100" in sql or "OFFSET 0 ROWS FETCH" in sql
+    assert "ORDER BY" in sql and "[next_attempt_at]" in sql
+    assert "SYSDATETIME" in sql.upper() or "CURRENT_TIMESTAMP" in sql.upper(), (
+        "due times are compared with the database's clock")
+
+
+def test_without_skip_locked_there_is_no_readpast(mssql_connection) -> None:
+    qs = Worker().claim_queryset(PublishedMessage, MessageStatus.PENDING, skip_locked=False)
+    assert "READPAST" not in compile_sql(qs.values_list("pk", flat=True)[:10],
+                                         mssql_connection)
