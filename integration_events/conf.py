@@ -42,6 +42,10 @@ class IntegrationEventsSettings:
     # Claims: a lease in database time, renewed every LEASE_SECONDS/3 while a handler runs.
     LEASE_SECONDS: float = 30.0
     CLAIM_BATCH_SIZE: int = 100
+    # First attempts of atomic handlers run this many to a transaction (a savepoint each),
+    # for at most EXECUTE_BATCH_SECONDS; 1 runs every delivery in its own transaction.
+    EXECUTE_BATCH_SIZE: int = 20
+    EXECUTE_BATCH_SECONDS: float = 1.0
     # Event chains: a message whose correlation sequence (hop count) would exceed this fails.
     MAX_HOPS: int = 32
     # Database aliases the worker serves (publish(using=...) must name one of them).

@@ -38,7 +38,7 @@ from pydantic import ValidationError
 from .conf import IntegrationEventsSettings, get_settings
 from .context import MessageContext, current_context
 from .events import event_class_for
-from .exceptions import InvalidMessage, LeaseLost, PermanentFailure
+from .exceptions import LeaseLost, PermanentFailure
 from .models import (
     ACTIVE_STATUSES,
     MessageBase,
@@ -483,11 +483,18 @@ class Worker:
     # --- execution ----------------------------------------------------------------------------
 
     def execute_batch(self, limit: int | None = None) -> PassStats:
-        """Run the handlers of due inbox rows, each in its own transaction."""
+        """Run the handlers of due inbox rows.
+
+        Rows on their first attempt whose handler is atomic run in groups of up to
+        EXECUTE_BATCH_SIZE: one UPDATE counts their attempts, then one transaction runs each
+        handler in its own savepoint and completes the successful ones with one
+        compare-and-set. A failing handler rolls back to its savepoint only. Retries (and
+        rows recovered from a crashed worker) run one per transaction, so a handler that
+        kills its worker cannot use up its neighbours' attempts twice.
+        """
         stats = PassStats()
-        rows = self._claim(
-            ReceivedMessage, limit or self.settings.CLAIM_BATCH_SIZE, count_attempt=False
-        )
+        s = self.settings
+        rows = self._claim(ReceivedMessage, limit or s.CLAIM_BATCH_SIZE, count_attempt=False)
         if not rows:
             return stats
         token = rows[0].lease_token
@@ -495,19 +502,38 @@ class Worker:
         messages = PublishedMessage.objects.using(self.using).in_bulk(
             {row.message_id for row in rows}
         )
+        batchable: list[ReceivedMessage] = []
+        singles: list[ReceivedMessage] = []
+        for row in rows:
+            sub = get_subscription(row.topic, row.group)
+            fresh = row.attempts == 0 and sub is not None and sub.atomic
+            (batchable if fresh and s.EXECUTE_BATCH_SIZE > 1 else singles).append(row)
         if self._keeper is not None:
             self._keeper.hold(token)
+        done: set[Any] = set()
         try:
-            for index, row in enumerate(rows):
-                message = messages.get(row.message_id)
+            while batchable:
+                chunk, batchable = (
+                    batchable[: s.EXECUTE_BATCH_SIZE], batchable[s.EXECUTE_BATCH_SIZE :]
+                )
+                leftover = self._execute_group(chunk, messages, token, stats, done)
+                while leftover:
+                    leftover = self._execute_group(
+                        leftover, messages, token, stats, done, counted=True
+                    )
+            for index, row in enumerate(singles):
                 try:
-                    outcome = self._execute(row, message, token)
+                    outcome = self._execute(row, messages.get(row.message_id), token)
                 except BaseException:
-                    # A stop exception: the rows not started yet go back to the queue now,
-                    # instead of waiting for their lease to expire.
-                    self._release_unstarted(rows[index + 1 :], token)
+                    self._release_unstarted(singles[index + 1 :], token)
                     raise
+                done.add(row.pk)
                 setattr(stats, outcome, getattr(stats, outcome) + 1)
+        except BaseException:
+            # A stop exception: whatever was not started goes back to the queue now,
+            # instead of waiting for its lease to expire.
+            self._release_unstarted([r for r in rows if r.pk not in done], token)
+            raise
         finally:
             if self._keeper is not None:
                 self._keeper.release(token)
@@ -525,34 +551,35 @@ class Worker:
             logger.warning("could not release unstarted rows; their lease will expire",
                            exc_info=True)
 
-    def _execute(
-        self, row: ReceivedMessage, message: PublishedMessage | None, token: uuid.UUID
-    ) -> str:
-        """Run one inbox row; returns the PassStats field to count it under."""
-        log_fields = (
-            f"message_id={row.message_id} topic={row.topic} group={row.group}"
+    def _log_fields(self, row: ReceivedMessage) -> str:
+        return (
+            f"message_id={row.message_id} topic={row.topic} group={row.group} "
+            f"attempt={row.attempts}"
         )
-        # Count the attempt before the handler runs, in its own committed statement: a handler
-        # that kills its worker has still used it up.
-        if not ReceivedMessage.objects.using(self.using).filter(
-            pk=row.pk, lease_token=token, status=MessageStatus.PROCESSING
-        ).update(attempts=F("attempts") + 1):
-            logger.warning("lease lost before start %s", log_fields)
-            return "lost"
-        attempt = row.attempts = row.attempts + 1
-        log_fields += f" attempt={attempt}"
+
+    def _count_attempts(self, rows: list[ReceivedMessage], token: uuid.UUID) -> list[Any]:
+        """Count an attempt for each row still held under ``token``, in its own committed
+        statement, before any handler runs; returns the pks that were counted."""
+        pks = [r.pk for r in rows]
+        manager = ReceivedMessage.objects.using(self.using)
+        held = manager.filter(pk__in=pks, lease_token=token, status=MessageStatus.PROCESSING)
+        counted = held.update(attempts=F("attempts") + 1)
+        if counted == len(pks):
+            return pks
+        # Some lease was lost meanwhile (rare): find out which rows are still ours.
+        return list(held.values_list("pk", flat=True))
+
+    def _prepare(
+        self, row: ReceivedMessage, message: PublishedMessage | None, token: uuid.UUID
+    ) -> tuple[Subscription, Any, MessageContext] | str:
+        """Validate a counted row: (subscription, event, context), or the outcome if it
+        failed before its handler could run."""
+        log_fields = self._log_fields(row)
         sub = get_subscription(row.topic, row.group)
         strategy = sub.retry_strategy() if sub else self.settings.retry_strategy()
 
         def fail(error: str, permanent: bool) -> str:
-            if not self._record_failure(
-                ReceivedMessage, row, token, attempt, error, strategy,
-                permanent=permanent, log_fields=log_fields,
-            ):
-                return "lost"
-            if permanent or not strategy.should_retry(attempt):
-                return "failed"
-            return "retried"
+            return self._fail(row, token, error, strategy, permanent, log_fields)
 
         if message is None:
             return fail("InvalidMessage: the published message row is gone", True)
@@ -575,22 +602,190 @@ class Worker:
             )
         except ValueError as exc:
             return fail(f"InvalidMessage: content is not valid JSON: {exc}", True)
-
         context = MessageContext(
             message_id=message.pk,
             topic=row.topic,
             group=row.group,
-            attempt=attempt,
+            attempt=row.attempts,
             correlation_id=message.correlation_id,
             correlation_sequence=message.correlation_sequence,
             headers={**message.message_headers, "group": row.group},
         )
-        args: tuple[Any, ...] = (event, context) if sub.wants_context else (event,)
+        return sub, event, context
+
+    def _fail(
+        self,
+        row: ReceivedMessage,
+        token: uuid.UUID,
+        error: str,
+        strategy: RetryStrategy,
+        permanent: bool,
+        log_fields: str,
+    ) -> str:
+        if not self._record_failure(
+            ReceivedMessage, row, token, row.attempts, error, strategy,
+            permanent=permanent, log_fields=log_fields,
+        ):
+            return "lost"
+        if permanent or not strategy.should_retry(row.attempts):
+            return "failed"
+        return "retried"
+
+    def _fail_from_exception(
+        self, row: ReceivedMessage, sub: Subscription, token: uuid.UUID, exc: BaseException
+    ) -> str:
+        return self._fail(
+            row, token,
+            describe_exception(exc, with_traceback=self.settings.STORE_TRACEBACK),
+            sub.retry_strategy(), isinstance(exc, PermanentFailure), self._log_fields(row),
+        )
+
+    @staticmethod
+    def _call(sub: Subscription, event: Any, context: MessageContext) -> None:
         reset = current_context.set(context)
+        try:
+            if sub.wants_context:
+                sub.handler(event, context)
+            else:
+                sub.handler(event)
+        finally:
+            current_context.reset(reset)
+
+    def _execute_group(
+        self,
+        rows: list[ReceivedMessage],
+        messages: dict[Any, PublishedMessage],
+        token: uuid.UUID,
+        stats: PassStats,
+        done: set[Any],
+        *,
+        counted: bool = False,
+    ) -> list[ReceivedMessage]:
+        """Run fresh atomic rows in one transaction, a savepoint each; returns the rows left
+        over when EXECUTE_BATCH_SECONDS ran out (their attempts are already counted)."""
+        if not counted:
+            held = set(self._count_attempts(rows, token))
+            for row in rows:
+                if row.pk in held:
+                    row.attempts += 1
+                else:
+                    logger.warning("lease lost before start %s", self._log_fields(row))
+                    stats.lost += 1
+                    done.add(row.pk)
+            rows = [r for r in rows if r.pk in held]
+        ready: list[tuple[ReceivedMessage, Subscription, Any, MessageContext]] = []
+        for row in rows:
+            prepared = self._prepare(row, messages.get(row.message_id), token)
+            if isinstance(prepared, str):
+                setattr(stats, prepared, getattr(stats, prepared) + 1)
+                done.add(row.pk)
+            else:
+                ready.append((row, *prepared))
+        if not ready:
+            return []
+        deadline = time.monotonic() + self.settings.EXECUTE_BATCH_SECONDS
+        succeeded: list[ReceivedMessage] = []
+        failures: list[tuple[ReceivedMessage, Subscription, BaseException]] = []
+        leftover: list[ReceivedMessage] = []
+        current: ReceivedMessage | None = None
+        try:
+            with transaction.atomic(using=self.using):
+                for index, (row, sub, event, context) in enumerate(ready):
+                    current = row
+                    try:
+                        with transaction.atomic(using=self.using):
+                            self._call(sub, event, context)
+                    except Exception as exc:
+                        failures.append((row, sub, exc))
+                    else:
+                        succeeded.append(row)
+                    current = None
+                    if time.monotonic() > deadline:
+                        leftover = [r for r, *_ in ready[index + 1 :]]
+                        break
+                if succeeded:
+                    n = self._finish(
+                        ReceivedMessage, [r.pk for r in succeeded], token,
+                        **self._succeeded_changes(),
+                    )
+                    if n != len(succeeded):
+                        raise LeaseLost(f"{len(succeeded) - n} of {len(succeeded)} rows")
+                    transaction.on_commit(
+                        lambda rows=tuple(succeeded): self._announce_succeeded(rows),
+                        using=self.using,
+                    )
+        except LeaseLost as exc:
+            # Some rows were taken over after our lease expired: the whole group's writes
+            # were rolled back; the rows still ours run again one at a time.
+            logger.warning("lease lost during a batch; re-running the rest alone: %s", exc)
+            still_ours = set(
+                ReceivedMessage.objects.using(self.using).filter(
+                    pk__in=[r.pk for r in succeeded], lease_token=token,
+                    status=MessageStatus.PROCESSING,
+                ).values_list("pk", flat=True)
+            )
+            for row in succeeded:
+                if row.pk in still_ours:
+                    outcome = self._execute(row, messages.get(row.message_id), token,
+                                            counted=True)
+                else:
+                    logger.warning("lease lost; outcome discarded %s", self._log_fields(row))
+                    outcome = "lost"
+                setattr(stats, outcome, getattr(stats, outcome) + 1)
+                done.add(row.pk)
+            succeeded = []
+        except BaseException as exc:
+            # A stop exception (or a BaseException from a handler): the transaction rolled
+            # back; record it against the row that raised it and re-raise if it means stop.
+            if current is not None:
+                sub = get_subscription(current.topic, current.group)
+                if sub is not None:
+                    self._fail_from_exception(current, sub, token, exc)
+                done.add(current.pk)
+            if isinstance(exc, self.stop_exceptions) or current is None:
+                raise
+            # A non-Exception BaseException from a handler: fail only that row; the others
+            # of the group were rolled back with it and run again.
+            rest = [r for r, *_ in ready if r.pk != current.pk and r.pk not in done]
+            return rest
+        for row in succeeded:
+            done.add(row.pk)
+            logger.debug("message succeeded %s", self._log_fields(row))
+        stats.succeeded += len(succeeded)
+        for row, sub, exc in failures:
+            outcome = self._fail_from_exception(row, sub, token, exc)
+            setattr(stats, outcome, getattr(stats, outcome) + 1)
+            done.add(row.pk)
+        return leftover
+
+    def _announce_succeeded(self, rows: tuple[ReceivedMessage, ...]) -> None:
+        for row in rows:
+            message_succeeded.send(sender=ReceivedMessage, message=row)
+
+    def _execute(
+        self,
+        row: ReceivedMessage,
+        message: PublishedMessage | None,
+        token: uuid.UUID,
+        *,
+        counted: bool = False,
+    ) -> str:
+        """Run one inbox row in its own transaction; returns the PassStats field to count
+        it under."""
+        if not counted:
+            if not self._count_attempts([row], token):
+                logger.warning("lease lost before start %s", self._log_fields(row))
+                return "lost"
+            row.attempts += 1
+        prepared = self._prepare(row, message, token)
+        if isinstance(prepared, str):
+            return prepared
+        sub, event, context = prepared
+        log_fields = self._log_fields(row)
         try:
             if sub.atomic:
                 with transaction.atomic(using=self.using):
-                    sub.handler(*args)
+                    self._call(sub, event, context)
                     if not self._finish(
                         ReceivedMessage, [row.pk], token, **self._succeeded_changes()
                     ):
@@ -600,7 +795,7 @@ class Worker:
                         using=self.using,
                     )
             else:
-                sub.handler(*args)
+                self._call(sub, event, context)
                 if not self._finish(
                     ReceivedMessage, [row.pk], token, **self._succeeded_changes()
                 ):
@@ -610,16 +805,10 @@ class Worker:
             logger.warning("lease lost; outcome discarded %s", log_fields)
             return "lost"
         except BaseException as exc:
-            permanent = isinstance(exc, PermanentFailure)
-            outcome = fail(
-                describe_exception(exc, with_traceback=self.settings.STORE_TRACEBACK),
-                permanent,
-            )
+            outcome = self._fail_from_exception(row, sub, token, exc)
             if isinstance(exc, self.stop_exceptions):
                 raise
             return outcome
-        finally:
-            current_context.reset(reset)
         logger.debug("message succeeded %s", log_fields)
         return "succeeded"
 

@@ -4,10 +4,12 @@ dead letters, bad input, leases and their compare-and-set, hop limit, expiry."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from datetime import timedelta
 
 import pytest
+from django.db import connection, connections
 from django.db.models import F
 from django.db.models.functions import Now
 from django.test import override_settings
@@ -234,26 +236,42 @@ def test_hop_limit_stops_an_endless_chain(worker) -> None:
             message.correlation_sequence - 1)
 
 
-def test_expired_lease_cannot_complete_over_its_successor(temp_subscriber, worker) -> None:
-    """Worker A's lease expires mid-handler and B takes the row over: A's outcome (and its
-    handler's writes) must be discarded."""
-    taken_over = {}
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("batch_size", [1, 20])
+def test_expired_lease_cannot_complete_over_its_successor(
+    temp_subscriber, worker, batch_size
+) -> None:
+    """Worker A's lease expires mid-handler and B takes the row over (committed, on its own
+    connection): A's outcome and its handler's writes must be discarded."""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has one writer: no claim can be taken over mid-transaction")
+    taken_over: list[uuid.UUID] = []
+
+    def take_over(pk: int) -> None:
+        try:
+            token = uuid.uuid4()
+            ReceivedMessage.objects.filter(pk=pk).update(lease_token=token)
+            taken_over.append(token)
+        finally:
+            connections.close_all()
 
     @temp_subscriber(LonelyHappened.topic, group="slow")
     def slow(event: LonelyHappened, context) -> None:
         Delivery.objects.create(message_id=context.message_id, group="slow", n=event.n,
                                 attempt=context.attempt)
         if not taken_over:
-            # Meanwhile the lease ran out and another worker claimed the row.
             row = ReceivedMessage.objects.get(group="slow")
-            ReceivedMessage.objects.filter(pk=row.pk).update(lease_token=uuid.uuid4())
-            taken_over["token"] = True
+            thread = threading.Thread(target=take_over, args=(row.pk,))
+            thread.start()
+            thread.join(timeout=10)
 
     publish(LonelyHappened(n=1))
-    stats = worker.run_until_idle(max_passes=1)
+    with override_settings(INTEGRATION_EVENTS={"EXECUTE_BATCH_SIZE": batch_size}):
+        stats = worker.run_until_idle(max_passes=1)
     assert stats.lost == 1 and stats.succeeded == 0
     row = ReceivedMessage.objects.get(group="slow")
-    assert row.status == MessageStatus.PROCESSING, "the successor's claim is untouched"
+    assert (row.status, row.lease_token) == (MessageStatus.PROCESSING, taken_over[0]), (
+        "the successor's claim is untouched")
     assert Delivery.objects.filter(group="slow").count() == 0, "A's writes were rolled back"
 
 

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite: lint, types, checks, then the suite on every database
+# and Python/Django combination this machine can run. Says plainly what it skipped.
+#
+#   ./scripts/test.sh            everything available here
+#   ./scripts/test.sh -k claims  extra arguments go to every pytest run
+#
+# Environment: IE_REQUIRE_ALL=1 turns every skipped database/version into a failure (CI).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+. scripts/_python.sh
+
+started=$(date +%s)
+results=()   # "name|status|detail"
+failed=0
+total_passed=0
+total_failed=0
+require_all=${IE_REQUIRE_ALL:-0}
+
+note() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+record() { results+=("$1|$2|$3"); }
+skip() {
+  record "$1" "SKIPPED" "$2"
+  if [ "$require_all" = 1 ]; then failed=1; fi
+}
+
+# -- interpreters and virtualenvs ---------------------------------------------------------
+PY_NEW=$(newest_python) || exit 2
+extras="dev,postgres,redis,mssql,browser"
+if pkg-config --exists libmariadb 2>/dev/null || pkg-config --exists mysqlclient 2>/dev/null; then
+  extras="$extras,mysql"
+fi
+note "setting up .venv ($("$PY_NEW" --version 2>&1))"
+make_venv .venv "$PY_NEW" "$extras" || exit 2
+VPY=.venv/bin/python
+DJ_NEW=$($VPY -c 'import django; print(django.get_version())')
+
+run_pytest() {  # run_pytest NAME PYTHON ENV... -- PYTEST_ARGS...
+  local name=$1 py=$2; shift 2
+  local envs=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do envs+=("$1"); shift; done
+  shift
+  note "pytest: $name"
+  local out; out=$(mktemp)
+  env "${envs[@]}" "$py" -m pytest -p no:cacheprovider "$@" 2>&1 | tee "$out"
+  local rc=${PIPESTATUS[0]}
+  local line; line=$(grep -E '^=+ .*(passed|failed|error|no tests ran).* =+$' "$out" | tail -1)
+  local p f; p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || echo 0)
+  f=$(( $(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '[0-9]+' || echo 0) + \
+        $(grep -oE '[0-9]+ errors?' <<<"$line" | grep -oE '[0-9]+' || echo 0) ))
+  total_passed=$((total_passed + p)); total_failed=$((total_failed + f))
+  rm -f "$out"
+  if [ "$rc" -eq 0 ]; then record "$name" "ok" "${line//=/}"; else
+    record "$name" "FAILED" "exit $rc:${line//=/}"; failed=1; fi
+}
+
+step() {  # step NAME CMD...
+  local name=$1; shift
+  note "$name"
+  if "$@"; then record "$name" "ok" ""; else record "$name" "FAILED" "see above"; failed=1; fi
+}
+
+# -- static checks ------------------------------------------------------------------------
+step "ruff" $VPY -m ruff check .
+step "mypy" $VPY -m mypy integration_events accounts equipment files project
+step "manage.py check" env DJANGO_SETTINGS_MODULE=project.settings IE_VAR_DIR=var/check \
+  $VPY manage.py check --fail-level WARNING
+step "makemigrations --check" env DJANGO_SETTINGS_MODULE=tests.settings IE_VAR_DIR=var/check \
+  $VPY manage.py makemigrations --check --dry-run
+
+# -- the suite ----------------------------------------------------------------------------
+run_pytest "SQLite, Python $($VPY -c 'import platform; print(platform.python_version())'), Django $DJ_NEW" \
+  $VPY IE_DB=sqlite -- "$@"
+
+pg_up() { $VPY - <<'PY' 2>/dev/null
+import psycopg
+psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3).close()
+PY
+}
+if pg_up; then
+  run_pytest "PostgreSQL, Django $DJ_NEW" $VPY IE_DB=postgres -- "$@"
+else
+  skip "PostgreSQL" "no server at 127.0.0.1:5432 (user postgres); start one to run the suite on it"
+fi
+
+maria_up() { $VPY - <<'PY' 2>/dev/null
+import MySQLdb
+MySQLdb.connect(host="127.0.0.1", port=3306, user="root", passwd="", connect_timeout=3).close()
+PY
+}
+if ! $VPY -c 'import MySQLdb' 2>/dev/null; then
+  skip "MariaDB" "the mysqlclient driver is not installed (needs libmariadb-dev and pkg-config: scripts/system-deps.sh)"
+elif maria_up; then
+  run_pytest "MariaDB (claims, concurrency, locking, cluster), Django $DJ_NEW" $VPY IE_DB=mysql \
+    -- -m "dbspecific or cluster or reliability" "$@"
+else
+  skip "MariaDB" "no server at 127.0.0.1:3306 (user root); start one to run the locking tests on it"
+fi
+
+# -- the oldest supported pair: Python 3.11 + Django 5.2 LTS --------------------------------
+if PY311=$(find_python 3.11); then
+  if make_venv .venv-py311-dj52 "$PY311" "dev" "django>=5.2,<5.3"; then
+    DJ_OLD=$(.venv-py311-dj52/bin/python -c 'import django; print(django.get_version())')
+    run_pytest "SQLite, Python 3.11, Django $DJ_OLD" .venv-py311-dj52/bin/python IE_DB=sqlite \
+      -- -m "not browser" "$@"
+  else
+    record "Python 3.11 + Django 5.2" "FAILED" "could not create .venv-py311-dj52"; failed=1
+  fi
+else
+  skip "Python 3.11 + Django 5.2" "no python3.11 found"
+fi
+
+# -- summary ------------------------------------------------------------------------------
+elapsed=$(( $(date +%s) - started ))
+note "summary (${elapsed}s)"
+for r in "${results[@]}"; do
+  IFS='|' read -r name status detail <<<"$r"
+  printf '  %-8s %s %s\n' "$status" "$name" "${detail:+— $detail}"
+done
+if [ "$require_all" != 1 ] && printf '%s\n' "${results[@]}" | grep -q '|SKIPPED|'; then
+  echo "  (skipped runs above did not run here; CI runs them all)"
+fi
+echo
+echo "${total_passed} passed, ${total_failed} failed"
+exit $failed
