@@ -85,7 +85,7 @@ class IntegrationEventsSettings:
             return None
         if isinstance(cb, str):
             try:
-                return import_string(cb)  # type: ignore[no-any-return]
+                return import_string(cb)  # type: ignore[no-any-return,unused-ignore]
             except ImportError as exc:
                 raise ImproperlyConfigured(
                     f"{SETTING_NAME}['FAILED_THRESHOLD_CALLBACK']: cannot import {cb!r}: {exc}"
@@ -114,7 +114,7 @@ def _check_type(key: str, value: Any) -> Any:
     """Validate one key; returns the value normalised (lists to tuples, ints to floats)."""
     default = _FIELDS[key].default
     if default is dataclasses.MISSING:
-        default = _FIELDS[key].default_factory()  # type: ignore[misc]
+        default = _FIELDS[key].default_factory()  # type: ignore[operator]
 
     def bad(expected: str) -> ImproperlyConfigured:
         return ImproperlyConfigured(

@@ -33,7 +33,9 @@ def _reset(qs: Any) -> int:
     )
 
 
-def reexecute_received(items: Iterable[ReceivedMessage | int], using: str = DEFAULT_DB_ALIAS) -> int:
+def reexecute_received(
+    items: Iterable[ReceivedMessage | int], using: str = DEFAULT_DB_ALIAS
+) -> int:
     """Run these inbox rows' handlers again (failed or succeeded; not while one is running).
     Attempts start again from zero. Returns the number of rows requeued."""
     with transaction.atomic(using=using):
@@ -46,7 +48,9 @@ def reexecute_received(items: Iterable[ReceivedMessage | int], using: str = DEFA
 requeue_received = reexecute_received
 
 
-def requeue_published(items: Iterable[PublishedMessage | Any], using: str = DEFAULT_DB_ALIAS) -> int:
+def requeue_published(
+    items: Iterable[PublishedMessage | Any], using: str = DEFAULT_DB_ALIAS
+) -> int:
     """Send these messages again: a failed one is fanned out afresh; a succeeded one has every
     group's inbox row run again. Returns the number of messages requeued."""
     pks = _pks(items)

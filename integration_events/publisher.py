@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import uuid
@@ -97,10 +98,8 @@ def _build(
     )
     if ctx is None and isinstance(all_headers.get("correlation-id"), str):
         # An outside system handed us its correlation id: keep the chain.
-        try:
+        with contextlib.suppress(ValueError):
             message.correlation_id = uuid.UUID(all_headers.pop("correlation-id"))
-        except ValueError:
-            pass
     if due is not None:
         message.next_attempt_at = due
     return message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS
@@ -16,7 +17,9 @@ def install_schedule(using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
 
     from .tasks import SWEEP_TASK
 
-    try:
+    # django_q's tables may not be migrated on this alias (a database router keeps them
+    # elsewhere): the schedule is then installed when migrate runs there.
+    with contextlib.suppress(DatabaseError):
         Schedule.objects.using(using).update_or_create(
             name=SCHEDULE_NAME,
             defaults={
@@ -26,7 +29,3 @@ def install_schedule(using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
                 "repeats": -1,
             },
         )
-    except DatabaseError:
-        # django_q's tables are not migrated on this alias (e.g. a database router keeps them
-        # elsewhere): the schedule is installed when migrate runs there.
-        pass

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from django.db import connections, models, transaction
@@ -143,7 +144,7 @@ class LeaseKeeper:
             return 0
         renewed = 0
         for model in (ReceivedMessage, PublishedMessage):
-            renewed += model.objects.using(self.alias).filter(
+            renewed += model._default_manager.using(self.alias).filter(
                 status=MessageStatus.PROCESSING, lease_token__in=tokens
             ).update(lease_until=_after(self.lease_seconds))
         return renewed
@@ -276,7 +277,7 @@ class Worker:
         self, model: type[M], status: str, *, skip_locked: bool
     ) -> models.QuerySet[M]:
         """Due rows of one status, oldest first, locked and skipping rows others locked."""
-        qs = model.objects.using(self.using).filter(
+        qs = model._default_manager.using(self.using).filter(
             status=status, next_attempt_at__lte=Now()
         ).order_by("next_attempt_at")
         return qs.select_for_update(skip_locked=True) if skip_locked else qs
@@ -285,7 +286,7 @@ class Worker:
         """Take up to ``limit`` due rows of ``model`` under a fresh lease token."""
         s = self.settings
         token = uuid.uuid4()
-        manager = model.objects.using(self.using)
+        manager = model._default_manager.using(self.using)
         features = connections[self.using].features
         with transaction.atomic(using=self.using):
             ids: list[Any] = []
@@ -318,7 +319,7 @@ class Worker:
         self, model: type[MessageBase], pks: Iterable[Any], token: uuid.UUID, **changes: Any
     ) -> int:
         """Compare-and-set on the lease: only the holder of ``token`` can finish the rows."""
-        return model.objects.using(self.using).filter(
+        return model._default_manager.using(self.using).filter(
             pk__in=list(pks), lease_token=token, status=MessageStatus.PROCESSING
         ).update(lease_token=None, lease_until=None, **changes)
 
@@ -371,7 +372,7 @@ class Worker:
         if final:
             logger.error("message failed %s error=%r", log_fields, first_line)
             transaction.on_commit(
-                lambda: self._announce_failed(model, row.pk, error), using=self.using
+                partial(self._announce_failed, model, row.pk, error), using=self.using
             )
         else:
             logger.info("message retrying %s error=%r", log_fields, first_line)
@@ -383,7 +384,7 @@ class Worker:
 
     def _announce_failed(self, model: type[MessageBase], pk: Any, error: str) -> None:
         """Signal and threshold callback, once per committed transition to failed."""
-        message = model.objects.using(self.using).filter(pk=pk).first()
+        message = model._default_manager.using(self.using).filter(pk=pk).first()
         if message is None:
             return
         message_failed.send(sender=model, message=message, error=error)
@@ -710,14 +711,14 @@ class Worker:
                     )
                     if n != len(succeeded):
                         raise LeaseLost(f"{len(succeeded) - n} of {len(succeeded)} rows")
+                    finished = tuple(succeeded)
                     transaction.on_commit(
-                        lambda rows=tuple(succeeded): self._announce_succeeded(rows),
-                        using=self.using,
+                        partial(self._announce_succeeded, finished), using=self.using
                     )
-        except LeaseLost as exc:
+        except LeaseLost as lost:
             # Some rows were taken over after our lease expired: the whole group's writes
             # were rolled back; the rows still ours run again one at a time.
-            logger.warning("lease lost during a batch; re-running the rest alone: %s", exc)
+            logger.warning("lease lost during a batch; re-running the rest alone: %s", lost)
             still_ours = set(
                 ReceivedMessage.objects.using(self.using).filter(
                     pk__in=[r.pk for r in succeeded], lease_token=token,
@@ -738,9 +739,9 @@ class Worker:
             # A stop exception (or a BaseException from a handler): the transaction rolled
             # back; record it against the row that raised it and re-raise if it means stop.
             if current is not None:
-                sub = get_subscription(current.topic, current.group)
-                if sub is not None:
-                    self._fail_from_exception(current, sub, token, exc)
+                current_sub = get_subscription(current.topic, current.group)
+                if current_sub is not None:
+                    self._fail_from_exception(current, current_sub, token, exc)
                 done.add(current.pk)
             if isinstance(exc, self.stop_exceptions) or current is None:
                 raise
@@ -752,8 +753,8 @@ class Worker:
             done.add(row.pk)
             logger.debug("message succeeded %s", self._log_fields(row))
         stats.succeeded += len(succeeded)
-        for row, sub, exc in failures:
-            outcome = self._fail_from_exception(row, sub, token, exc)
+        for row, failed_sub, error in failures:
+            outcome = self._fail_from_exception(row, failed_sub, token, error)
             setattr(stats, outcome, getattr(stats, outcome) + 1)
             done.add(row.pk)
         return leftover
@@ -818,7 +819,7 @@ class Worker:
         """Seconds until the next pending or retrying row falls due (negative: overdue)."""
         best: timedelta | None = None
         for model in (PublishedMessage, ReceivedMessage):
-            value = model.objects.using(self.using).filter(
+            value = model._default_manager.using(self.using).filter(
                 status__in=ACTIVE_STATUSES
             ).aggregate(
                 due=Min(ExpressionWrapper(F("next_attempt_at") - Now(),
@@ -851,7 +852,7 @@ class Worker:
         return stats
 
     def _release_expired(self, model: type[M]) -> tuple[int, int]:
-        manager = model.objects.using(self.using)
+        manager = model._default_manager.using(self.using)
         expired = list(
             manager.filter(status=MessageStatus.PROCESSING, lease_until__lt=Now())[:1000]
         )
@@ -863,7 +864,7 @@ class Worker:
                 log_fields = f"message_id={row.message_id} topic={row.topic} group={row.group}"
             else:
                 strategy = self.settings.retry_strategy()
-                log_fields = f"message_id={row.pk} topic={row.topic}"
+                log_fields = f"message_id={row.pk} topic={getattr(row, 'topic', '')}"
             error = (
                 f"LeaseExpired: the worker that took attempt {row.attempts} stopped renewing its "
                 "claim (killed, crashed, or hung past the task timeout)"
@@ -884,8 +885,7 @@ class Worker:
                 if n and final:
                     pk = row.pk
                     transaction.on_commit(
-                        lambda pk=pk, m=model, e=error: self._announce_failed(m, pk, e),
-                        using=self.using,
+                        partial(self._announce_failed, model, pk, error), using=self.using
                     )
             if n:
                 logger.warning("lease expired %s attempt=%s final=%s", log_fields,
@@ -899,7 +899,7 @@ class Worker:
     def _delete_expired(self, model: type[MessageBase], *extra: Q) -> int:
         deleted = 0
         batch = self.settings.CLEANUP_BATCH_SIZE
-        manager = model.objects.using(self.using)
+        manager = model._default_manager.using(self.using)
         while True:
             pks = list(
                 manager.filter(
@@ -912,6 +912,6 @@ class Worker:
                 return deleted
             # _raw_delete: no cascade collection (receipts are deleted first, by their own
             # expiry, and published rows with receipts left are excluded above).
-            deleted += manager.filter(pk__in=pks)._raw_delete(self.using)  # type: ignore[attr-defined]
+            deleted += manager.filter(pk__in=pks)._raw_delete(self.using)
             if len(pks) < batch:
                 return deleted

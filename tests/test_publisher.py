@@ -127,10 +127,10 @@ def test_capture_events_collects_published_events() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_broken_broker_does_not_break_a_committed_request() -> None:
-    with override_settings(INTEGRATION_EVENTS={"Q_OPTIONS": {"broker": "not-a-broker"}}):
-        with transaction.atomic():
-            publish(ProbeHappened(n=1))
-        # on_commit(robust=True): the failing hand-off is logged, the commit stands.
+    broken = override_settings(INTEGRATION_EVENTS={"Q_OPTIONS": {"broker": "not-a-broker"}})
+    with broken, transaction.atomic():
+        publish(ProbeHappened(n=1))
+    # on_commit(robust=True): the failing hand-off is logged, the commit stands.
     assert PublishedMessage.objects.count() == 1
 
 

@@ -12,3 +12,6 @@ class Delivery(models.Model):
     correlation_id = models.UUIDField(null=True)
     correlation_sequence = models.IntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.group} {self.message_id} attempt {self.attempt}"
