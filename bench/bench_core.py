@@ -147,6 +147,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--per-round", type=int, default=100)
+    parser.add_argument("--publish-only", action="store_true",
+                        help="measure publish overhead only (no cluster)")
     args = parser.parse_args()
 
     from django.test.utils import get_runner, setup_test_environment
@@ -163,6 +165,8 @@ def main() -> None:
         print(f"  service call + publish   {p['with_publish_us']:8.0f} us")
         print(f"  added by publish         {p['added_us']:8.0f} us   ratio {p['ratio']:.2f}")
         print(f"  publish_many (1,000 in one transaction): {bench_batch(1000):8.0f} events/s")
+        if args.publish_only:
+            return
         print(f"delivery throughput, {args.events} events x 2 groups...", flush=True)
         raw = raw_sql_floor(args.events)
         print(f"  raw-SQL loop (1 connection)      {raw:8.0f} deliveries/s")

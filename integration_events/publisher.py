@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 from django.core.cache import caches
-from django.db import DEFAULT_DB_ALIAS, models, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -119,10 +119,14 @@ def publish(
     message and its inbox rows live there. Returns the stored PublishedMessage.
     """
     alias = using or DEFAULT_DB_ALIAS
-    message = _build(event, due=_due_expression(delay), headers=headers)
-    message.save(using=alias, force_insert=True)
-    if delay is not None and not isinstance(message.next_attempt_at, datetime):
-        message.refresh_from_db(using=alias, fields=["next_attempt_at"])
+    due = _due_expression(delay)
+    message = _build(event, due=due, headers=headers)
+    if due is None:
+        _insert(message, alias)
+    else:
+        message.save(using=alias, force_insert=True)
+        if not isinstance(message.next_attempt_at, datetime):
+            message.refresh_from_db(using=alias, fields=["next_attempt_at"])
     logger.debug(
         "published message_id=%s topic=%s correlation_id=%s", message.id, message.topic,
         message.correlation_id,
@@ -152,6 +156,43 @@ def publish_many(
         message_published.send(sender=PublishedMessage, message=message, event=event)
     transaction.on_commit(partial(nudge, alias), using=alias, robust=True)
     return messages
+
+
+# --- the hot path: one INSERT without the ORM's per-call compilation -----------------------
+
+# Columns filled by the database's own defaults (Now()): left out of the INSERT.
+_DB_DEFAULTED = ("created_at", "next_attempt_at")
+_statements: dict[tuple[str, str], tuple[str, list[models.Field[Any, Any]]]] = {}
+
+
+def _insert_statement(alias: str) -> tuple[str, list[models.Field[Any, Any]]]:
+    conn = connections[alias]
+    key = (alias, conn.vendor)
+    if key not in _statements:
+        fields = [
+            f for f in PublishedMessage._meta.concrete_fields if f.attname not in _DB_DEFAULTED
+        ]
+        quote = conn.ops.quote_name
+        columns = ", ".join(quote(f.column) for f in fields)
+        placeholders = ", ".join(["%s"] * len(fields))
+        table = quote(PublishedMessage._meta.db_table)
+        _statements[key] = (f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", fields)
+    return _statements[key]
+
+
+def _insert(message: PublishedMessage, alias: str) -> None:
+    """What ``message.save(force_insert=True)`` does, minus compiling the INSERT on every
+    call (a third of publish's cost); the two columns with database defaults are then loaded
+    on first access, like deferred fields."""
+    conn = connections[alias]
+    sql, fields = _insert_statement(alias)
+    params = [f.get_db_prep_save(getattr(message, f.attname), conn) for f in fields]
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+    for attname in _DB_DEFAULTED:
+        message.__dict__.pop(attname, None)
+    message._state.adding = False
+    message._state.db = alias
 
 
 # --- hand-off -----------------------------------------------------------------------------

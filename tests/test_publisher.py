@@ -65,6 +65,9 @@ def test_content_is_json_not_pickle() -> None:
     assert stored.correlation_sequence == 0
     assert stored.headers["event-version"] == 1
     assert "sent-at" in stored.headers
+    # The returned message loads its database-defaulted columns on first access.
+    assert message.created_at == stored.created_at
+    assert message.next_attempt_at == stored.next_attempt_at
 
 
 @pytest.mark.django_db
