@@ -223,6 +223,7 @@ class Worker:
                     handed_on = self._hand_on()
         finally:
             self._stop_keeper()
+            self._heartbeat(total.total)
         logger.debug(
             "task done alias=%s dispatched=%s succeeded=%s retried=%s failed=%s handed_on=%s",
             self.using, total.dispatched, total.succeeded, total.retried, total.failed,
@@ -239,6 +240,15 @@ class Worker:
             if not stats.total:
                 break
         return total
+
+    def _heartbeat(self, processed: int) -> None:
+        """Keep this node's row fresh for the admin's Nodes page (one UPDATE per task)."""
+        from .nodes import heartbeat
+
+        try:
+            heartbeat(self.using, processed)
+        except Exception:
+            logger.warning("heartbeat failed alias=%s", self.using, exc_info=True)
 
     def _hand_on(self) -> bool:
         from .publisher import nudge

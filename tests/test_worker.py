@@ -416,3 +416,25 @@ def test_handler_context_carries_correlation(worker) -> None:
     assert rows == [(first.correlation_id, 0), (first.correlation_id, 1)]
     failed = ReceivedMessage.objects.get(status=MessageStatus.FAILED)
     assert failed.message.correlation_sequence == 2
+
+
+def test_a_failing_group_does_not_starve_the_others(worker) -> None:
+    for n in range(60):
+        publish(ProbeHappened(n=n, behaviour="fail", only_group="probe-a"))
+    first_pass = worker.run_once()
+    second_pass = worker.run_once()
+    assert first_pass.dispatched == 60
+    # probe-a's failures back off; probe-b's copies are all delivered meanwhile.
+    assert ReceivedMessage.objects.filter(group="probe-b", status="succeeded").count() == 60
+    assert ReceivedMessage.objects.filter(group="probe-a", status="retrying").count() == 60
+    assert first_pass.succeeded + second_pass.succeeded == 60
+
+
+def test_run_writes_a_heartbeat(worker) -> None:
+    from integration_events.models import WorkerNode
+
+    publish(ProbeHappened(n=1))
+    stats = worker.run(budget=0.5)
+    assert stats.succeeded == 2
+    node = WorkerNode.objects.get()
+    assert node.processed == stats.total
