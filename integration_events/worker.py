@@ -208,6 +208,8 @@ class Worker:
                 idle_since = idle_since or now
                 due_in = self.next_due_in()
                 if due_in is not None and due_in <= 0:
+                    # Due rows exist but another claimer holds their locks right now.
+                    time.sleep(min(s.POLL_INTERVAL, 0.02))
                     continue
                 lingering = now - idle_since < s.IDLE_LINGER
                 due_before_deadline = due_in is not None and now + due_in < deadline
