@@ -8,7 +8,6 @@ import math
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 
 from django.core.cache import caches
@@ -132,7 +131,7 @@ def publish(
         message.correlation_id,
     )
     message_published.send(sender=PublishedMessage, message=message, event=event)
-    transaction.on_commit(partial(nudge, alias), using=alias, robust=True)
+    _hand_off_after_commit(alias)
     return message
 
 
@@ -154,7 +153,7 @@ def publish_many(
     PublishedMessage.objects.using(alias).bulk_create(messages, batch_size=batch_size)
     for event, message in pairs:
         message_published.send(sender=PublishedMessage, message=message, event=event)
-    transaction.on_commit(partial(nudge, alias), using=alias, robust=True)
+    _hand_off_after_commit(alias)
     return messages
 
 
@@ -198,6 +197,15 @@ def _insert(message: PublishedMessage, alias: str) -> None:
 # --- hand-off -----------------------------------------------------------------------------
 
 _nudges_suppressed = False
+
+
+def _hand_off_after_commit(alias: str) -> None:
+    def hand_off() -> None:
+        nudge(alias)
+
+    # robust: a broker that is down must never turn a committed request into an error; the
+    # sweep delivers later. (A plain function: Django 5.2 logs the callback's __qualname__.)
+    transaction.on_commit(hand_off, using=alias, robust=True)
 
 
 def nudge(alias: str = DEFAULT_DB_ALIAS, *, force: bool = False) -> bool:

@@ -8,7 +8,8 @@ The database is chosen by environment variables so that the same settings serve 
     IE_DB_HOST / IE_DB_PORT / IE_DB_USER / IE_DB_PASSWORD
     IE_SQLITE_PATH                SQLite file (default var/db.sqlite3)
     IE_SQLITE_TEST_PATH           SQLite file the test runner creates (default
-                                  var/test-db.sqlite3; a file, so a qcluster subprocess can share it)
+                                  var/test-db.sqlite3; a file, so that a qcluster
+                                  subprocess can share it)
     IE_Q_BROKER=orm|redis         django-q2 broker (default orm)
     IE_Q_WORKERS                  django-q2 workers (default 1 on SQLite, 2 otherwise)
 """
@@ -22,7 +23,7 @@ from typing import Any
 import django
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("IE_VAR_DIR", BASE_DIR / "var"))
+VAR_DIR = Path(os.environ.get("IE_VAR_DIR", BASE_DIR / "var")).resolve()
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 

@@ -61,7 +61,10 @@ def test_concurrent_claimers_never_take_the_same_row() -> None:
     counts = Counter(pk for rows in claimed for pk in rows)
     assert len(counts) == 600, "every row was claimed"
     assert max(counts.values()) == 1, "no row was claimed twice"
-    assert all(rows for rows in claimed), f"every claimer got work: {[len(r) for r in claimed]}"
+    if connection.features.has_select_for_update_skip_locked:
+        # With SKIP LOCKED claimers pass each other; SQLite serialises them instead.
+        assert all(rows for rows in claimed), (
+            f"every claimer got work: {[len(r) for r in claimed]}")
     assert set(PublishedMessage.objects.values_list("status", "attempts")) == {
         (MessageStatus.PROCESSING, 1)}
 

@@ -4,8 +4,9 @@ import json
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_q.models import OrmQ
 
@@ -87,10 +88,12 @@ def test_headers_are_stored_and_reach_the_handler(temp_subscriber) -> None:
 
 
 @pytest.mark.django_db
-def test_publish_many_inserts_in_one_statement(django_assert_max_num_queries) -> None:
+def test_publish_many_inserts_in_one_statement() -> None:
     events = [ProbeHappened(n=n) for n in range(250)]
-    with django_assert_max_num_queries(3):
+    with CaptureQueriesContext(connection) as queries:
         messages = publish_many(events)
+    inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+    assert len(inserts) == 1
     assert len(messages) == 250
     assert PublishedMessage.objects.count() == 250
     assert len({m.pk for m in messages}) == 250
