@@ -160,9 +160,15 @@ def check_topics(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
             continue
         event_class = expected[0].event_class
         if sub.event_type is None:
+            written = _first_annotation(sub.handler)
+            problem = (
+                f"annotates its first parameter as {written!r}, which does not resolve to an "
+                "IntegrationEvent subclass when the module is loaded (imported only under "
+                "TYPE_CHECKING, or a typo?)"
+                if written else "has no IntegrationEvent annotation on its first parameter"
+            )
             errors.append(checks.Error(
-                f"Subscriber {sub.dotted_path} has no IntegrationEvent annotation on its first "
-                "parameter, so its payload cannot be validated.",
+                f"Subscriber {sub.dotted_path} {problem}, so its payload cannot be validated.",
                 hint=f"Annotate it: def {sub.handler.__name__}(event: "
                 f"{event_class.__qualname__}, context: MessageContext) -> None",
                 obj=sub.handler,
@@ -187,6 +193,22 @@ def check_topics(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
                 id="integration_events.W013",
             ))
     return errors
+
+
+def _first_annotation(handler: Any) -> str:
+    """The first parameter's annotation as written ("" if there is none)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):
+        return ""
+    if not params or params[0].annotation is inspect.Parameter.empty:
+        return ""
+    annotation = params[0].annotation
+    return annotation if isinstance(annotation, str) else getattr(
+        annotation, "__qualname__", repr(annotation)
+    )
 
 
 def _similar(a: str, b: str) -> bool:
