@@ -25,12 +25,18 @@ newest_python() {  # the newest Python 3.11+ found
 # make_venv DIR PYTHON EXTRAS [PIP_ARGS...]: create DIR with PYTHON and install .[EXTRAS]
 make_venv() {
   local dir=$1 py=$2 extras=$3; shift 3
-  local stamp="$dir/.installed-$(cat pyproject.toml "$@" 2>/dev/null | sha1sum | cut -c1-12)-$extras"
+  local hash; hash=$(cat pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
+  hash=$(echo "$hash $*" | sha1sum | cut -c1-12)
+  local stamp="$dir/.installed-$hash-$extras"
   if [ -f "$stamp" ]; then return 0; fi
+  # No extras asked for: any install of this same pyproject will do.
+  if [ -z "$extras" ] && compgen -G "$dir/.installed-$hash-*" >/dev/null; then return 0; fi
+  local spec="."
+  [ -n "$extras" ] && spec=".[$extras]"
   echo "==> creating $dir with $("$py" --version 2>&1) (extras: $extras)"
   [ -x "$dir/bin/python" ] || "$py" -m venv "$dir"
-  "$dir/bin/python" -m pip install -q --upgrade pip >/dev/null
-  if ! "$dir/bin/python" -m pip install -q -e ".[$extras]" "$@" >"$dir/pip.log" 2>&1; then
+  "$dir/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  if ! "$dir/bin/python" -m pip install -q -e "$spec" "$@" >"$dir/pip.log" 2>&1; then
     grep -v -e "^WARNING: Location" "$dir/pip.log" | tail -30
     echo "error: installing into $dir failed (full log: $dir/pip.log)" >&2
     return 1

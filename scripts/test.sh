@@ -68,6 +68,13 @@ step "manage.py check" env DJANGO_SETTINGS_MODULE=project.settings IE_VAR_DIR=va
 step "makemigrations --check" env DJANGO_SETTINGS_MODULE=tests.settings IE_VAR_DIR=var/check \
   $VPY manage.py makemigrations --check --dry-run
 
+# -- the README's demo command, run as a person would (Ctrl+C included) ---------------------
+if command -v curl >/dev/null 2>&1; then
+  step "demo smoke (./scripts/demo.sh)" ./scripts/demo-smoke.sh
+else
+  skip "demo smoke" "curl is not installed"
+fi
+
 # -- the suite ----------------------------------------------------------------------------
 run_pytest "SQLite, Python $($VPY -c 'import platform; print(platform.python_version())'), Django $DJ_NEW" \
   $VPY IE_DB=sqlite -- "$@"
