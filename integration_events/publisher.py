@@ -172,7 +172,7 @@ def _insert_statement(alias: str) -> tuple[str, list[models.Field[Any, Any]]]:
             f for f in PublishedMessage._meta.concrete_fields if f.attname not in _DB_DEFAULTED
         ]
         quote = conn.ops.quote_name
-        columns = ", ".join(quote(f.column) for f in fields)
+        columns = ", ".join(quote(f.column) for f in fields if f.column)
         placeholders = ", ".join(["%s"] * len(fields))
         table = quote(PublishedMessage._meta.db_table)
         _statements[key] = (f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", fields)
