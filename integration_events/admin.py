@@ -22,7 +22,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -32,7 +32,7 @@ from django.utils.safestring import SafeString
 
 from . import dashboard, operations
 from .events import known_topics
-from .models import MessageStatus, PublishedMessage, ReceivedMessage, WorkerNode
+from .models import Dashboard, MessageStatus, PublishedMessage, ReceivedMessage, WorkerNode
 from .registry import all_subscriptions
 
 STATUS_COLOURS: dict[str, str] = {
@@ -549,3 +549,33 @@ class WorkerNodeAdmin(admin.ModelAdmin):
                         ) -> HttpResponse:
         extra = {"ie_page": "nodes", **(extra_context or {})}
         return super().changelist_view(request, extra)
+
+
+@admin.register(Dashboard)
+class DashboardAdmin(admin.ModelAdmin):
+    """The "Dashboard" entry on the admin index: opens the overview. Visible to whoever may
+    see the overview (view permission on both message models), and only to them."""
+
+    def _published_admin(self) -> PublishedMessageAdmin:
+        return self.admin_site.get_model_admin(PublishedMessage)  # type: ignore[return-value]
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and self._published_admin().dashboard_allowed(request)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self._published_admin().has_module_permission(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+                        ) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return HttpResponseRedirect(reverse(f"{self.admin_site.name}:integration_events_overview"))

@@ -563,6 +563,19 @@ def test_nodes_page_shows_heartbeats_and_claims_held(admin_client_: Client) -> N
     assert "alpha:101" in body and "stale" in body
 
 
+def test_main_admin_index_lists_the_dashboard_for_viewers_only(
+    admin_client_: Client, viewer: Client
+) -> None:
+    dashboard_list = reverse("admin:integration_events_dashboard_changelist")
+    for client in (admin_client_, viewer):
+        assert dashboard_list in text_of(client.get(reverse("admin:index")))
+        response = client.get(dashboard_list)
+        assert response.status_code == 302 and response["Location"] == reverse(OVERVIEW)
+    nobody = make_user("no-perms")
+    assert dashboard_list not in text_of(nobody.get(reverse("admin:index")))
+    assert nobody.get(dashboard_list).status_code == 403
+
+
 def test_app_index_links_the_dashboard(admin_client_: Client) -> None:
     body = text_of(admin_client_.get(reverse("admin:app_list", args=["integration_events"])))
     for name in (OVERVIEW, SUBSCRIBERS, NODES):
