@@ -24,7 +24,9 @@ def _stop_exceptions() -> tuple[type[BaseException], ...]:
 
 def process_messages(alias: str = "default") -> dict[str, int]:
     """Claim and process due messages until the task's time budget or idleness ends it."""
-    stats: PassStats = Worker(using=alias, stop_exceptions=_stop_exceptions()).run()
+    stats: PassStats = Worker(
+        using=alias, stop_exceptions=_stop_exceptions(), recruit=lambda: recruit(alias)
+    ).run()
     return {"dispatched": stats.dispatched, "succeeded": stats.succeeded,
             "retried": stats.retried, "failed": stats.failed}
 
@@ -51,3 +53,17 @@ def enqueue_process(alias: str) -> None:
 
     options: dict[str, Any] = {"save": False, **get_settings().Q_OPTIONS}
     async_task(PROCESS_TASK, alias, q_options=options)
+
+
+def recruit(alias: str) -> bool:
+    """Enqueue one more process task for a backlog, unless the broker already holds as many
+    waiting tasks as this cluster has workers (so a long backlog cannot pile up tasks that
+    would only idle once it is gone). Returns True if a task was enqueued."""
+    from django_q.brokers import get_broker
+    from django_q.conf import Conf
+
+    options = get_settings().Q_OPTIONS
+    if get_broker(options.get("cluster")).queue_size() >= max(1, Conf.WORKERS or 1):
+        return False
+    enqueue_process(alias)
+    return True

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import threading
 import time
 import traceback
@@ -66,6 +65,12 @@ def _after(seconds: float) -> Any:
     return ExpressionWrapper(
         Now() + timedelta(seconds=seconds), output_field=models.DateTimeField()
     )
+
+
+def _node_name() -> str:
+    from .nodes import node_name
+
+    return node_name()
 
 
 def describe_exception(exc: BaseException, *, with_traceback: bool = True) -> str:
@@ -173,12 +178,21 @@ class Worker:
     """
 
     using: str = "default"
-    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # "<node>/<worker pid>": the node is the qcluster main process (see nodes.node_name), so
+    # the admin's Nodes page can match every claim to the cluster that holds it.
+    name: str = field(default_factory=lambda: f"{_node_name()}/{os.getpid()}")
     keep_leases: bool = True
     stop_exceptions: tuple[type[BaseException], ...] = STOP_EXCEPTIONS
     # Called after each pass (testing uses it to run on-commit callbacks in a test transaction).
     pass_wrapper: Callable[[Callable[[], PassStats]], PassStats] | None = None
+    # Asks for one more worker (tasks.py enqueues a task if the broker's queue is short). Called
+    # when a claim comes back full, i.e. there is a backlog, at most once per NUDGE_WINDOW:
+    # without it a burst behind one nudge runs in one task while every other worker idles.
+    recruit: Callable[[], object] | None = None
     _keeper: LeaseKeeper | None = field(default=None, init=False, repr=False)
+    # Set by run(): past it no further handler is started (the rest of a claim goes back).
+    _deadline: float = field(default=float("inf"), init=False, repr=False)
+    _last_recruit: float = field(default=float("-inf"), init=False, repr=False)
 
     @property
     def settings(self) -> IntegrationEventsSettings:
@@ -192,7 +206,7 @@ class Worker:
         nudge if due work remains (or falls due within WAKE_HORIZON)."""
         s = self.settings
         budget = s.task_time_budget() if budget is None else budget
-        deadline = time.monotonic() + budget
+        deadline = self._deadline = time.monotonic() + budget
         total = PassStats()
         idle_since: float | None = None
         handed_on = False
@@ -224,6 +238,7 @@ class Worker:
                 if due_in is not None and due_in <= s.WAKE_HORIZON:
                     handed_on = self._hand_on()
         finally:
+            self._deadline = float("inf")
             self._stop_keeper()
             self._heartbeat(total.total)
         logger.debug(
@@ -260,6 +275,19 @@ class Worker:
         except Exception:
             logger.warning("hand-on nudge failed alias=%s", self.using, exc_info=True)
             return False
+
+    def _maybe_recruit(self, claimed: int, limit: int) -> None:
+        if self.recruit is None or claimed < limit or not self.settings.NUDGE:
+            return
+        now = time.monotonic()
+        if now - self._last_recruit < self.settings.NUDGE_WINDOW:
+            return
+        self._last_recruit = now
+        try:
+            self.recruit()
+        except Exception:
+            logger.warning("recruiting another worker failed alias=%s", self.using,
+                           exc_info=True)
 
     def _start_keeper(self) -> None:
         if self.keep_leases and self._keeper is None:
@@ -412,9 +440,9 @@ class Worker:
     def dispatch_batch(self, limit: int | None = None) -> PassStats:
         """Fan out due published messages into one inbox row per subscribed group."""
         stats = PassStats()
-        rows = self._claim(
-            PublishedMessage, limit or self.settings.CLAIM_BATCH_SIZE, count_attempt=True
-        )
+        limit = limit or self.settings.CLAIM_BATCH_SIZE
+        rows = self._claim(PublishedMessage, limit, count_attempt=True)
+        self._maybe_recruit(len(rows), limit)
         if not rows:
             return stats
         token = rows[0].lease_token
@@ -507,7 +535,9 @@ class Worker:
         """
         stats = PassStats()
         s = self.settings
-        rows = self._claim(ReceivedMessage, limit or s.CLAIM_BATCH_SIZE, count_attempt=False)
+        limit = limit or s.CLAIM_BATCH_SIZE
+        rows = self._claim(ReceivedMessage, limit, count_attempt=False)
+        self._maybe_recruit(len(rows), limit)
         if not rows:
             return stats
         token = rows[0].lease_token
@@ -526,6 +556,8 @@ class Worker:
         done: set[Any] = set()
         try:
             while batchable:
+                if time.monotonic() > self._deadline:
+                    break
                 chunk, batchable = (
                     batchable[: s.EXECUTE_BATCH_SIZE], batchable[s.EXECUTE_BATCH_SIZE :]
                 )
@@ -535,6 +567,8 @@ class Worker:
                         leftover, messages, token, stats, done, counted=True
                     )
             for index, row in enumerate(singles):
+                if time.monotonic() > self._deadline:
+                    break
                 try:
                     outcome = self._execute(row, messages.get(row.message_id), token)
                 except BaseException:
@@ -550,6 +584,8 @@ class Worker:
         finally:
             if self._keeper is not None:
                 self._keeper.release(token)
+        # The task's budget ran out mid-claim: hand back what was not started, at once.
+        self._release_unstarted([r for r in rows if r.pk not in done], token)
         return stats
 
     def _release_unstarted(self, rows: list[ReceivedMessage], token: uuid.UUID) -> None:
@@ -911,7 +947,7 @@ class Worker:
                     released += 1
         return released, dead
 
-    def _delete_expired(self, model: type[MessageBase], *extra: Q) -> int:
+    def _delete_expired(self, model: type[MessageBase], *extra: Any) -> int:
         deleted = 0
         batch = self.settings.CLEANUP_BATCH_SIZE
         manager = model._default_manager.using(self.using)

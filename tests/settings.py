@@ -5,7 +5,7 @@ import os
 from project.settings import *  # noqa: F403
 from project.settings import INSTALLED_APPS, INTEGRATION_EVENTS
 
-INSTALLED_APPS = [*INSTALLED_APPS, "tests.eventapp"]
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.eventapp", "tests.reliability.probe"]
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 # The test runner switches email to the locmem backend (django.core.mail.outbox) itself.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -16,4 +16,11 @@ INTEGRATION_EVENTS = {
     "MAX_ATTEMPTS": int(os.environ.get("IE_MAX_ATTEMPTS", "3")),
     "RETRY_BASE_DELAY": float(os.environ.get("IE_RETRY_BASE_DELAY", "0.5")),
     "RETRY_MAX_DELAY": 5.0,
+    # A dotted path; the reliability suite points it at tests.reliability.probe.callbacks.
+    "FAILED_THRESHOLD_CALLBACK": os.environ.get("IE_FAILED_THRESHOLD_CALLBACK") or None,
+    "UNKNOWN_TOPIC_MAX_ATTEMPTS": int(os.environ.get("IE_UNKNOWN_TOPIC_MAX_ATTEMPTS", "10")),
 }
+# django-q2's task timeout for a qcluster started by a test (the reliability suite's hanging
+# handler needs a small one). Unset: the project's.
+if os.environ.get("IE_Q_TIMEOUT"):
+    Q_CLUSTER = {**Q_CLUSTER, "timeout": int(os.environ["IE_Q_TIMEOUT"])}  # noqa: F405

@@ -438,3 +438,26 @@ def test_run_writes_a_heartbeat(worker) -> None:
     assert stats.succeeded == 2
     node = WorkerNode.objects.get()
     assert node.processed == stats.total
+
+
+def test_a_task_past_its_budget_starts_no_more_handlers(worker) -> None:
+    publish(ProbeHappened(n=1))
+    worker.dispatch_batch()
+    worker._deadline = 0.0  # the budget ran out while the claim was being made
+    stats = worker.execute_batch()
+    assert stats.total == 0 and Delivery.objects.count() == 0
+    # Handed back at once, with no attempt used, for the next task to take.
+    assert set(ReceivedMessage.objects.values_list("status", "attempts")) == {("retrying", 0)}
+    worker._deadline = float("inf")
+    assert worker.run_until_idle().succeeded == 2
+
+
+def test_claims_name_the_node_and_the_worker_process(worker) -> None:
+    import os
+
+    from integration_events.nodes import node_name
+
+    publish(ProbeHappened(n=1))
+    worker.dispatch_batch()
+    (row, _) = worker._claim(ReceivedMessage, 10, count_attempt=False)
+    assert row.claimed_by == f"{node_name()}/{os.getpid()}"
