@@ -51,8 +51,8 @@ class IntegrationEventsSettings:
     # Database aliases the worker serves (publish(using=...) must name one of them).
     DATABASES: tuple[str, ...] = ("default",)
     # How long one django-q2 task keeps claiming work, in seconds. None: a quarter of
-    # Q_CLUSTER["timeout"] (at most 60 s), so that a handler started late still finishes
-    # well inside django-q2's timeout.
+    # Q_CLUSTER["timeout"] (at most 20 s, which also bounds a graceful stop), so that a
+    # handler started late still finishes well inside django-q2's timeout.
     TASK_TIME_BUDGET: float | None = None
     # How often an idle task looks for new or newly due work, and for how long.
     POLL_INTERVAL: float = 0.1
@@ -98,7 +98,7 @@ class IntegrationEventsSettings:
         timeout = q_cluster_timeout()
         if timeout is None:
             return 60.0
-        return max(1.0, min(60.0, timeout / 4))
+        return max(1.0, min(20.0, timeout / 4))
 
 
 def q_cluster_timeout() -> float | None:

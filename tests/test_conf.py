@@ -53,10 +53,10 @@ def test_read_lazily_so_override_settings_works() -> None:
 
 
 def test_task_budget_follows_q_cluster_timeout() -> None:
-    with override_settings(Q_CLUSTER={"timeout": 100, "retry": 120}, INTEGRATION_EVENTS={}):
-        assert get_settings().task_time_budget() == 25
+    with override_settings(Q_CLUSTER={"timeout": 40, "retry": 60}, INTEGRATION_EVENTS={}):
+        assert get_settings().task_time_budget() == 10
     with override_settings(Q_CLUSTER={"timeout": 1000, "retry": 1200}, INTEGRATION_EVENTS={}):
-        assert get_settings().task_time_budget() == 60
+        assert get_settings().task_time_budget() == 20
 
 
 def test_callback_path_that_does_not_import() -> None:
