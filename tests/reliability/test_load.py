@@ -75,7 +75,12 @@ def test_several_clusters_at_once(clusters, n_clusters: int) -> None:
     count = size(600, 3000)
     env = {"IE_Q_WORKERS": "2"}
     cs = [clusters.start(**env) for _ in range(n_clusters)]
-    time.sleep(2)  # all of them up and polling before the load arrives
+    # All of them up (sentinel, monitor, pusher and both workers forked) before the load
+    # arrives: a cluster still starting on a busy machine would find the work already gone.
+    from tests.conftest import wait_for
+
+    wait_for(lambda: all(len(c.children()) >= 4 for c in cs), 60, "every cluster started")
+    time.sleep(1)
     started = time.monotonic()
     ids = []
     rng = random.Random(n_clusters)
@@ -83,7 +88,7 @@ def test_several_clusters_at_once(clusters, n_clusters: int) -> None:
     # handler widens the window in which two runs of one (message, group) could overlap.
     for start in range(0, count, 20):
         with transaction.atomic():
-            ids += [publish(LoadApplied(n=n, behaviour=f"sleep:{rng.uniform(0, 0.01):.4f}")).pk
+            ids += [publish(LoadApplied(n=n, behaviour=f"sleep:{rng.uniform(0.005, 0.02):.4f}")).pk
                     for n in range(start, min(count, start + 20))]
     settle(240, "delivery by several clusters", clusters.logs, sweep_every=2)
     a = audit(ids)
