@@ -28,6 +28,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 os.environ.setdefault("IE_DB_NAME", "bench")
 os.environ.setdefault("IE_SQLITE_TEST_PATH", str(ROOT / "var" / "bench.sqlite3"))
 os.environ.setdefault("IE_LOG_LEVEL", "WARNING")
+# DEBUG off, as in production: with it on, every query is kept and formatted (bench/run.py too).
+os.environ.setdefault("DJANGO_DEBUG", "0")
 
 import django  # noqa: E402
 
