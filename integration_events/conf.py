@@ -44,8 +44,12 @@ class IntegrationEventsSettings:
     CLAIM_BATCH_SIZE: int = 100
     # First attempts of atomic handlers run this many to a transaction (a savepoint each),
     # for at most EXECUTE_BATCH_SECONDS; 1 runs every delivery in its own transaction.
-    EXECUTE_BATCH_SIZE: int = 20
+    EXECUTE_BATCH_SIZE: int = 50
     EXECUTE_BATCH_SECONDS: float = 1.0
+    # Run a batch without per-handler savepoints, and only if a handler fails, roll back and
+    # run the same rows again with a savepoint each (their handlers then run a second time;
+    # their database writes and on-commit callbacks of the rolled-back run are gone).
+    EXECUTE_OPTIMISTIC: bool = True
     # Event chains: a message whose correlation sequence (hop count) would exceed this fails.
     MAX_HOPS: int = 32
     # Database aliases the worker serves (publish(using=...) must name one of them).

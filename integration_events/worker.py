@@ -67,6 +67,15 @@ def _after(seconds: float) -> Any:
     )
 
 
+class _RunWithSavepoints(Exception):
+    """A handler failed in an optimistic batch: roll back, record its failure, and run the
+    other rows of the batch with savepoints."""
+
+    def __init__(self, row: ReceivedMessage, sub: Subscription, error: Exception) -> None:
+        super().__init__(str(error))
+        self.row, self.sub, self.error = row, sub, error
+
+
 def _node_name() -> str:
     from .nodes import node_name
 
@@ -709,9 +718,18 @@ class Worker:
         done: set[Any],
         *,
         counted: bool = False,
+        savepoints: bool | None = None,
     ) -> list[ReceivedMessage]:
-        """Run fresh atomic rows in one transaction, a savepoint each; returns the rows left
-        over when EXECUTE_BATCH_SECONDS ran out (their attempts are already counted)."""
+        """Run fresh atomic rows in one transaction; returns the rows left over when
+        EXECUTE_BATCH_SECONDS ran out (their attempts are already counted).
+
+        Optimistically (EXECUTE_OPTIMISTIC) the handlers run without savepoints; if one
+        raises, the whole transaction is rolled back (its neighbours' writes and on-commit
+        callbacks with it) and the same rows run again with a savepoint each, so that only
+        the failing handler's work is lost. Savepoints cost two statements per delivery;
+        failures are rare, so this is the faster path."""
+        if savepoints is None:
+            savepoints = not self.settings.EXECUTE_OPTIMISTIC
         if not counted:
             held = set(self._count_attempts(rows, token))
             for row in rows:
@@ -741,14 +759,22 @@ class Worker:
             with transaction.atomic(using=self.using):
                 for index, (row, sub, event, context) in enumerate(ready):
                     current = row
-                    try:
-                        with transaction.atomic(using=self.using):
+                    if not savepoints:
+                        try:
                             self._call(sub, event, context)
-                    except Exception as exc:
-                        failures.append((row, sub, exc))
-                    else:
+                        except Exception as exc:
+                            raise _RunWithSavepoints(row, sub, exc) from exc
                         succeeded.append(row)
-                    current = None
+                        current = None
+                    else:
+                        try:
+                            with transaction.atomic(using=self.using):
+                                self._call(sub, event, context)
+                        except Exception as exc:
+                            failures.append((row, sub, exc))
+                        else:
+                            succeeded.append(row)
+                        current = None
                     if time.monotonic() > deadline:
                         leftover = [r for r, *_ in ready[index + 1 :]]
                         break
@@ -763,6 +789,18 @@ class Worker:
                     transaction.on_commit(
                         partial(self._announce_succeeded, finished), using=self.using
                     )
+        except _RunWithSavepoints as failed:
+            # Everything above was rolled back and nothing recorded yet: record the failing
+            # row (its handler is not run again), then run the rest with savepoints.
+            outcome = self._fail_from_exception(failed.row, failed.sub, token, failed.error)
+            setattr(stats, outcome, getattr(stats, outcome) + 1)
+            done.add(failed.row.pk)
+            rest = [r for r, *_ in ready if r.pk != failed.row.pk]
+            if not rest:
+                return []
+            return self._execute_group(
+                rest, messages, token, stats, done, counted=True, savepoints=True
+            )
         except LeaseLost as lost:
             # Some rows were taken over after our lease expired: the whole group's writes
             # were rolled back; the rows still ours run again one at a time.

@@ -118,6 +118,8 @@ elif DB_VENDOR == "sqlite":
     DATABASES = {"default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("IE_SQLITE_PATH", str(VAR_DIR / "db.sqlite3")),
+        # Keep the connection (django-q2 closes "old" connections around every task).
+        "CONN_MAX_AGE": None,
         "OPTIONS": {
             # One writer at a time: take the write lock at BEGIN instead of failing on upgrade,
             # wait up to 20 s for it, and let readers run beside the writer (WAL).

@@ -9,7 +9,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 from django.test import override_settings
@@ -461,3 +461,33 @@ def test_claims_name_the_node_and_the_worker_process(worker) -> None:
     worker.dispatch_batch()
     (row, _) = worker._claim(ReceivedMessage, 10, count_attempt=False)
     assert row.claimed_by == f"{node_name()}/{os.getpid()}"
+
+
+@pytest.mark.parametrize("optimistic", [True, False])
+def test_a_failure_in_a_batch_loses_only_its_own_work(
+    temp_subscriber, worker, django_capture_on_commit_callbacks, optimistic
+) -> None:
+    runs: list[int] = []
+    sent: list[int] = []
+
+    @temp_subscriber(LonelyHappened.topic, group="batch")
+    def handle(event: LonelyHappened, context) -> None:
+        runs.append(event.n)
+        Delivery.objects.create(message_id=context.message_id, group="batch", n=event.n,
+                                attempt=context.attempt)
+        transaction.on_commit(lambda: sent.append(event.n))
+        if event.n == 3:
+            raise RuntimeError("three is unlucky")
+
+    for n in range(1, 6):
+        publish(LonelyHappened(n=n))
+    with override_settings(INTEGRATION_EVENTS={"EXECUTE_OPTIMISTIC": optimistic}), \
+            django_capture_on_commit_callbacks(execute=True):
+        stats = worker.run_until_idle()
+    assert (stats.succeeded, stats.retried) == (4, 1)
+    assert sorted(Delivery.objects.values_list("n", flat=True)) == [1, 2, 4, 5]
+    assert sorted(sent) == [1, 2, 4, 5], "side effects of the rolled-back run never fired"
+    # The failing handler ran once. Optimistically, the handlers that ran before it in the
+    # rolled-back batch ran again (with savepoints); with savepoints from the start, once each.
+    assert runs.count(3) == 1
+    assert all(runs.count(n) in ((1, 2) if optimistic else (1,)) for n in (1, 2, 4, 5))
