@@ -75,6 +75,9 @@ else
   skip "demo smoke" "curl is not installed"
 fi
 
+# -- the benchmark harness runs (a smoke: it asserts no times) --------------------------------
+step "bench smoke (bench/run.py --smoke)" $VPY bench/run.py --smoke
+
 # -- the suite ----------------------------------------------------------------------------
 run_pytest "SQLite, Python $($VPY -c 'import platform; print(platform.python_version())'), Django $DJ_NEW" \
   $VPY IE_DB=sqlite -- "$@"
