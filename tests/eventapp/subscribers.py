@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from integration_events import MessageContext, publish, subscriber
 
@@ -14,7 +15,8 @@ class ProbeBaseException(BaseException):
     """Not an Exception: the worker must still record it against the message."""
 
 
-def behave(event: ProbeHappened, context: MessageContext) -> None:
+def behave(event: Any, context: MessageContext) -> None:
+    """Act on ``event.behaviour`` (any event with n, behaviour and only_group fields)."""
     if event.only_group and event.only_group != context.group:
         return
     kind, _, arg = event.behaviour.partition(":")

@@ -13,14 +13,11 @@ import os
 import time
 
 from integration_events import MessageContext, subscriber
+from tests.eventapp.subscribers import behave  # the same behaviours as the engine tests' probe
 
 from .events import LoadApplied
 from .models import Effect
 from .topics import ReliabilityTopics
-
-
-class ProbeBaseException(BaseException):
-    """Not an Exception: the worker must still record it against the message."""
 
 
 def journal(context: MessageContext, what: str) -> None:
@@ -34,22 +31,6 @@ def journal(context: MessageContext, what: str) -> None:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
-
-
-def behave(event: LoadApplied, context: MessageContext) -> None:
-    if event.only_group and event.only_group != context.group:
-        return
-    kind, _, arg = event.behaviour.partition(":")
-    if kind == "fail" and (not arg or context.attempt <= int(arg)):
-        raise RuntimeError(f"load {event.n} fails on attempt {context.attempt}")
-    if kind == "sleep":
-        time.sleep(float(arg))
-    if kind == "hang":
-        time.sleep(3600)
-    if kind == "exit":
-        os._exit(3)
-    if kind == "base":
-        raise ProbeBaseException(f"load {event.n} raises a BaseException")
 
 
 def handle(event: LoadApplied, context: MessageContext) -> None:
