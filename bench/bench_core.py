@@ -38,27 +38,15 @@ django.setup()
 from django.db import connection, transaction  # noqa: E402
 from django.db.models import Max, Min  # noqa: E402
 
-from integration_events import publish, publish_many  # noqa: E402
+from integration_events import publish_many  # noqa: E402
 from integration_events.models import MessageStatus, PublishedMessage, ReceivedMessage  # noqa: E402
 from integration_events.publisher import nudge  # noqa: E402
 from integration_events.worker import Worker  # noqa: E402
 from tests.eventapp.events import ProbeHappened  # noqa: E402
 from tests.eventapp.models import Delivery  # noqa: E402
 
-
-def service_call(n: int, with_publish: bool) -> None:
-    """About five queries, like the sample services: insert, read back, update, a check, and
-    an audit insert, in one transaction."""
-    import uuid
-
-    with transaction.atomic():
-        d = Delivery.objects.create(message_id=uuid.uuid4(), group="svc", n=n, attempt=0)
-        d = Delivery.objects.get(pk=d.pk)
-        Delivery.objects.filter(pk=d.pk).update(attempt=1)
-        Delivery.objects.filter(group="svc", n=n).exists()
-        Delivery.objects.create(message_id=d.message_id, group="audit", n=n, attempt=1)
-        if with_publish:
-            publish(ProbeHappened(n=n))
+sys.path.insert(0, str(ROOT / "bench"))
+from run import service_call  # noqa: E402  (the same five-query call as the full harness)
 
 
 def bench_publish(rounds: int, per_round: int) -> dict[str, float]:
