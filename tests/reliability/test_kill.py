@@ -9,7 +9,7 @@ import time
 import uuid
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 
 from integration_events import publish_many
 from integration_events.models import PublishedMessage
@@ -49,20 +49,29 @@ def publish_load(count: int, batch: int = 250, behaviour: str = "ok") -> list:
 
 
 def test_kill_the_whole_cluster_repeatedly(clusters) -> None:
+    if connection.vendor == "sqlite":
+        # SQLite's write lock is handed over unfairly: the test's sweeps can wait seconds
+        # while the cluster delivers thousands, so "a random moment during delivery" cannot
+        # be placed. Killing the main process and the publisher still run on SQLite.
+        pytest.skip("kill timing cannot be controlled under SQLite's single writer")
     count = size(1000, 5000)
     kills = size(3, 5)
-    c = clusters.start(**ENV)
     started = time.monotonic()
-    # A few milliseconds per handler, so that a fast machine cannot finish the load before
-    # the last kill (the engine delivers a few thousand trivial handlers a second).
-    ids = publish_load(count, behaviour="sleep:0.003")
+    # 10 ms per handler, so that a fast machine cannot finish the load before the last kill
+    # (the engine delivers a few thousand trivial handlers a second). The load
+    # is committed first, so that every kill lands in the delivery, not in the publishing.
+    ids = publish_load(count, behaviour="sleep:0.01")
+    c = clusters.start(**ENV)
     progress = []
     last = 0
     for _ in range(kills):
-        # Deliveries must be under way again (the restarted cluster gets its work from the
-        # sweep once the dead claims expire), then a random moment.
+        # Deliveries must be under way again (the restarted cluster gets the dead claims back
+        # from the sweep once their leases expire), then a random moment.
         with suite_settings(MAX_ATTEMPTS=20):
-            wait_for(lambda last=last: sweep() and Effect.objects.count() > last, 60,
+            # Count first (a read): on SQLite a sweep waits for the write lock while the
+            # cluster keeps delivering, which would let whole cycles slip past unnoticed.
+            wait_for(lambda last=last: Effect.objects.count() > last
+                     or (bool(sweep()) and Effect.objects.count() > last), 60,
                      "deliveries to resume", clusters.logs)
         time.sleep(jitter(0.2, 0.6))
         done = Effect.objects.count()
@@ -109,7 +118,7 @@ def test_kill_only_the_main_process(clusters) -> None:
 
 PUBLISHER = """
 import os, signal
-from django.db import transaction
+from django.db import connection, transaction
 from integration_events import publish_many
 from tests.reliability.probe.events import LoadApplied
 with transaction.atomic():
