@@ -632,12 +632,12 @@ class Worker:
     ) -> tuple[Subscription, Any, MessageContext] | str:
         """Validate a counted row: (subscription, event, context), or the outcome if it
         failed before its handler could run."""
-        log_fields = self._log_fields(row)
         sub = get_subscription(row.topic, row.group)
-        strategy = sub.retry_strategy() if sub else self.settings.retry_strategy()
 
         def fail(error: str, permanent: bool) -> str:
-            return self._fail(row, token, error, strategy, permanent, log_fields)
+            # Built only on failure: the success path (the hot one) needs neither.
+            strategy = sub.retry_strategy() if sub else self.settings.retry_strategy()
+            return self._fail(row, token, error, strategy, permanent, self._log_fields(row))
 
         if message is None:
             return fail("InvalidMessage: the published message row is gone", True)
@@ -837,7 +837,8 @@ class Worker:
             return rest
         for row in succeeded:
             done.add(row.pk)
-            logger.debug("message succeeded %s", self._log_fields(row))
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("message succeeded %s", self._log_fields(row))
         stats.succeeded += len(succeeded)
         for row, failed_sub, error in failures:
             outcome = self._fail_from_exception(row, failed_sub, token, error)
