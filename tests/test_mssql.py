@@ -4,15 +4,30 @@ check they take the READPAST/UPDLOCK form (its SKIP LOCKED)."""
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from integration_events.models import MessageStatus, PublishedMessage, ReceivedMessage
 from integration_events.worker import Worker
 
-mssql_base = pytest.importorskip(
-    "mssql.base", reason="mssql-django (and unixODBC's libodbc2) not installed: pip install "
-    "'.[mssql]' and apt-get install libodbc2",
-)
+
+def _import_mssql_base():
+    """mssql-django's backend, or a module-level skip saying why it cannot load here.
+
+    Without unixODBC's libodbc.so.2, importing it raises ImproperlyConfigured (it wraps
+    pyodbc's ImportError), which ``pytest.importorskip`` does not catch."""
+    try:
+        import mssql.base
+    except ImportError as exc:
+        pytest.skip(f"mssql-django is not installed ({exc}): pip install '.[mssql]'",
+                    allow_module_level=True)
+    except ImproperlyConfigured as exc:
+        pytest.skip(f"mssql-django cannot load its ODBC driver ({exc}): install unixODBC "
+                    "(Debian: apt-get install libodbc2)", allow_module_level=True)
+    return mssql.base
+
+
+mssql_base = _import_mssql_base()
 
 
 @pytest.fixture

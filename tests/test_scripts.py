@@ -9,8 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,8 +26,6 @@ def _fake_broken_mssql(tmp_path: Path) -> Path:
     return pkg.parent
 
 
-@pytest.mark.xfail(strict=True, reason="mssql-django raises ImproperlyConfigured, not "
-                   "ImportError, when libodbc is missing: collection errors")
 def test_mssql_tests_skip_when_the_odbc_library_is_missing(tmp_path: Path) -> None:
     fake = _fake_broken_mssql(tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(ROOT)])}
@@ -39,5 +35,6 @@ def test_mssql_tests_skip_when_the_odbc_library_is_missing(tmp_path: Path) -> No
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     out = result.stdout + result.stderr
-    assert result.returncode == 0, out
-    assert "2 skipped" in out and "libodbc" in out, out
+    # 5: pytest's "no tests collected" (the only module was skipped), not 2 (errors).
+    assert result.returncode in (0, 5), out
+    assert "1 skipped" in out and "libodbc2" in out and "error during collection" not in out, out
