@@ -5,24 +5,13 @@
 #   ./scripts/test.sh            everything available here
 #   ./scripts/test.sh -k claims  extra arguments go to every pytest run
 #
-# Environment: IE_REQUIRE_ALL=1 turns every skipped database/version into a failure (CI).
+# Environment: IE_REQUIRE_ALL=1 turns every skipped database/version into a failure (CI);
+# IE_SETUP_ONLY=1 only creates the virtualenvs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_python.sh
 
-started=$(date +%s)
-results=()   # "name|status|detail"
-failed=0
-total_passed=0
-total_failed=0
-require_all=${IE_REQUIRE_ALL:-0}
-
-note() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-record() { results+=("$1|$2|$3"); }
-skip() {
-  record "$1" "SKIPPED" "$2"
-  if [ "$require_all" = 1 ]; then failed=1; fi
-}
+. scripts/_suite.sh
 
 # -- interpreters and virtualenvs ---------------------------------------------------------
 PY_NEW=$(newest_python) || exit 2
@@ -34,31 +23,20 @@ note "setting up .venv ($("$PY_NEW" --version 2>&1))"
 make_venv .venv "$PY_NEW" "$extras" || exit 2
 VPY=.venv/bin/python
 DJ_NEW=$($VPY -c 'import django; print(django.get_version())')
-
-run_pytest() {  # run_pytest NAME PYTHON ENV... -- PYTEST_ARGS...
-  local name=$1 py=$2; shift 2
-  local envs=()
-  while [ $# -gt 0 ] && [ "$1" != "--" ]; do envs+=("$1"); shift; done
-  shift
-  note "pytest: $name"
-  local out; out=$(mktemp)
-  env "${envs[@]}" "$py" -m pytest -p no:cacheprovider "$@" 2>&1 | tee "$out"
-  local rc=${PIPESTATUS[0]}
-  local line; line=$(grep -E '^=+ .*(passed|failed|error|no tests ran).* =+$' "$out" | tail -1)
-  local p f; p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || echo 0)
-  f=$(( $(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '[0-9]+' || echo 0) + \
-        $(grep -oE '[0-9]+ errors?' <<<"$line" | grep -oE '[0-9]+' || echo 0) ))
-  total_passed=$((total_passed + p)); total_failed=$((total_failed + f))
-  rm -f "$out"
-  if [ "$rc" -eq 0 ]; then record "$name" "ok" "${line//=/}"; else
-    record "$name" "FAILED" "exit $rc:${line//=/}"; failed=1; fi
-}
-
-step() {  # step NAME CMD...
-  local name=$1; shift
-  note "$name"
-  if "$@"; then record "$name" "ok" ""; else record "$name" "FAILED" "see above"; failed=1; fi
-}
+# The oldest supported pair, Python 3.11 + Django 5.2 LTS, in a venv of its own.
+venv_old=""
+if PY311=$(find_python 3.11); then
+  note "setting up .venv-py311-dj52 ($("$PY311" --version 2>&1), Django 5.2)"
+  if make_venv .venv-py311-dj52 "$PY311" "dev" "django>=5.2,<5.3"; then
+    venv_old=.venv-py311-dj52
+  else
+    venv_old=failed
+  fi
+fi
+if [ "${IE_SETUP_ONLY:-0}" = 1 ]; then
+  echo "set up (IE_SETUP_ONLY=1): not running anything"
+  exit 0
+fi
 
 # -- static checks ------------------------------------------------------------------------
 step "ruff" $VPY -m ruff check .
@@ -108,28 +86,15 @@ else
 fi
 
 # -- the oldest supported pair: Python 3.11 + Django 5.2 LTS --------------------------------
-if PY311=$(find_python 3.11); then
-  if make_venv .venv-py311-dj52 "$PY311" "dev" "django>=5.2,<5.3"; then
-    DJ_OLD=$(.venv-py311-dj52/bin/python -c 'import django; print(django.get_version())')
-    run_pytest "SQLite, Python 3.11, Django $DJ_OLD" .venv-py311-dj52/bin/python IE_DB=sqlite \
-      -- -m "not browser and not reliability" "$@"
-  else
-    record "Python 3.11 + Django 5.2" "FAILED" "could not create .venv-py311-dj52"; failed=1
-  fi
+if [ "$venv_old" = failed ]; then
+  record "Python 3.11 + Django 5.2" "FAILED" "could not create .venv-py311-dj52"; failed=1
+elif [ -n "$venv_old" ]; then
+  DJ_OLD=$($venv_old/bin/python -c 'import django; print(django.get_version())')
+  run_pytest "SQLite, Python 3.11, Django $DJ_OLD" $venv_old/bin/python IE_DB=sqlite \
+    -- -m "not browser and not reliability" "$@"
 else
   skip "Python 3.11 + Django 5.2" "no python3.11 found"
 fi
 
 # -- summary ------------------------------------------------------------------------------
-elapsed=$(( $(date +%s) - started ))
-note "summary (${elapsed}s)"
-for r in "${results[@]}"; do
-  IFS='|' read -r name status detail <<<"$r"
-  printf '  %-8s %s %s\n' "$status" "$name" "${detail:+— $detail}"
-done
-if [ "$require_all" != 1 ] && printf '%s\n' "${results[@]}" | grep -q '|SKIPPED|'; then
-  echo "  (skipped runs above did not run here; CI runs them all)"
-fi
-echo
-echo "${total_passed} passed, ${total_failed} failed"
-exit $failed
+summary
