@@ -14,6 +14,8 @@ class IntegrationEventsConfig(AppConfig):
         from . import checks  # noqa: F401  (registers the system checks)
         from .registry import autodiscover
         from .schedule import install_schedule
+        from .tasks import connect_cluster_signals
 
         autodiscover()
+        connect_cluster_signals()
         post_migrate.connect(install_schedule, sender=self)

@@ -74,6 +74,9 @@ class IntegrationEventsSettings:
     CLEANUP_BATCH_SIZE: int = 1000
     # Store the handler's traceback with the last error.
     STORE_TRACEBACK: bool = True
+    # Every cluster writes a heartbeat this often (seconds); a node is alive while its last
+    # heartbeat is at most three intervals old (integration_events.nodes).
+    HEARTBEAT_INTERVAL: float = 30.0
 
     def retry_strategy(self) -> RetryStrategy:
         return RetryStrategy(

@@ -48,6 +48,15 @@ def sweep() -> dict[str, Any]:
     return result
 
 
+def connect_cluster_signals() -> None:
+    """Start the heartbeat thread in every worker process a qcluster spawns."""
+    from django_q.signals import post_spawn
+
+    from .nodes import start_heartbeat
+
+    post_spawn.connect(start_heartbeat, dispatch_uid="integration_events.heartbeat")
+
+
 def enqueue_process(alias: str) -> None:
     from django_q.tasks import async_task
 

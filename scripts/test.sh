@@ -6,7 +6,8 @@
 #   ./scripts/test.sh -k claims  extra arguments go to every pytest run
 #
 # Environment: IE_REQUIRE_ALL=1 turns every skipped database/version into a failure (CI);
-# IE_SETUP_ONLY=1 only creates the virtualenvs.
+# IE_SETUP_ONLY=1 only creates the virtualenvs; IE_SUITES_ONLY=1 leaves out the static checks
+# and the demo and benchmark smokes (only the pytest runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_python.sh
@@ -38,6 +39,7 @@ if [ "${IE_SETUP_ONLY:-0}" = 1 ]; then
   exit 0
 fi
 
+if [ "${IE_SUITES_ONLY:-0}" != 1 ]; then
 # -- static checks ------------------------------------------------------------------------
 step "ruff" $VPY -m ruff check .
 step "mypy" $VPY -m mypy integration_events accounts equipment files project
@@ -55,6 +57,7 @@ fi
 
 # -- the benchmark harness runs (a smoke: it asserts no times) --------------------------------
 step "bench smoke (bench/run.py --smoke)" $VPY bench/run.py --smoke
+fi
 
 # -- the suite ----------------------------------------------------------------------------
 run_pytest "SQLite, Python $($VPY -c 'import platform; print(platform.python_version())'), Django $DJ_NEW" \

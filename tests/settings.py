@@ -19,6 +19,7 @@ INTEGRATION_EVENTS = {
     # A dotted path; the reliability suite points it at tests.reliability.probe.callbacks.
     "FAILED_THRESHOLD_CALLBACK": os.environ.get("IE_FAILED_THRESHOLD_CALLBACK") or None,
     "UNKNOWN_TOPIC_MAX_ATTEMPTS": int(os.environ.get("IE_UNKNOWN_TOPIC_MAX_ATTEMPTS", "10")),
+    "HEARTBEAT_INTERVAL": float(os.environ.get("IE_HEARTBEAT_INTERVAL", "30")),
 }
 # django-q2's task timeout for a qcluster started by a test (the reliability suite's hanging
 # handler needs a small one). Unset: the project's.
