@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import field_validator
+
 from integration_events import IntegrationEvent
 
 from .topics import ProbeTopics
@@ -28,3 +33,25 @@ class LonelyHappened(IntegrationEvent, topic=ProbeTopics.LONELY_HAPPENED):
     """Declared, but nobody subscribes to it."""
 
     n: int
+
+
+class Stamped(IntegrationEvent, topic=ProbeTopics.STAMPED):
+    """A consumer-side validator that only works on the publisher's side: at publish time
+    ``at`` is a datetime, but a consumer gets the JSON string and ``.astimezone()`` raises
+    AttributeError (not a ValueError, so pydantic does not turn it into a ValidationError)."""
+
+    n: int
+    at: datetime
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _in_utc(cls, value: Any) -> Any:
+        return value.astimezone(UTC)
+
+
+class CommitChained(IntegrationEvent, topic=ProbeTopics.COMMIT_CHAINED):
+    """Its handler publishes the next link from transaction.on_commit (the README's advice for
+    side effects): the hop limit must still stop the chain."""
+
+    depth: int
+    label: str = ""

@@ -4,9 +4,11 @@ import os
 import time
 from typing import Any
 
+from django.db import transaction
+
 from integration_events import MessageContext, publish, subscriber
 
-from .events import ChainLinked, ProbeHappened
+from .events import ChainLinked, CommitChained, ProbeHappened, Stamped
 from .models import Delivery
 from .topics import ProbeTopics
 
@@ -65,3 +67,21 @@ def extend_chain(event: ChainLinked, context: MessageContext) -> None:
         correlation_sequence=context.correlation_sequence,
     )
     publish(ChainLinked(depth=event.depth + 1))
+
+
+@subscriber(ProbeTopics.STAMPED, group="probe-a")
+def stamped(event: Stamped, context: MessageContext) -> None:
+    record(event, context)
+
+
+@subscriber(ProbeTopics.COMMIT_CHAINED)
+def extend_chain_on_commit(event: CommitChained, context: MessageContext) -> None:
+    """Publishes the next link after its transaction commits, for ever (until MAX_HOPS)."""
+    Delivery.objects.create(
+        message_id=context.message_id, group=context.group, n=event.depth,
+        attempt=context.attempt, correlation_id=context.correlation_id,
+        correlation_sequence=context.correlation_sequence,
+    )
+    transaction.on_commit(
+        lambda: publish(CommitChained(depth=event.depth + 1, label=event.label))
+    )
