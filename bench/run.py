@@ -180,16 +180,10 @@ def delivered() -> int:
     return Delivery.objects.count()
 
 
-@contextlib.contextmanager
 def nudges_suppressed() -> Any:
-    from integration_events import publisher
+    from integration_events.handoff import suppress_nudges
 
-    old = publisher._nudges_suppressed
-    publisher._nudges_suppressed = True
-    try:
-        yield
-    finally:
-        publisher._nudges_suppressed = old
+    return suppress_nudges()
 
 
 class Clusters:
@@ -635,14 +629,17 @@ def phase_latency(cfg: dict[str, Any], out: dict[str, Any], args: argparse.Names
 
 def time_claims(calls: int) -> dict[str, float]:
     """Median and p95 of one claim on a table with nothing due (the idle poll's cost)."""
+    from integration_events.claims import OldestFirst, claim
     from integration_events.models import PublishedMessage, ReceivedMessage
     from integration_events.worker import Worker
 
     w = Worker(keep_leases=False)
     result: dict[str, float] = {}
     probes: dict[str, Callable[[], Any]] = {
-        "claim_inbox": lambda: w._claim(ReceivedMessage, 100, count_attempt=False),
-        "claim_outbox": lambda: w._claim(PublishedMessage, 100, count_attempt=True),
+        "claim_inbox": lambda: claim(ReceivedMessage, "default", 100, "bench", OldestFirst(),
+                                     count_attempt=False),
+        "claim_outbox": lambda: claim(PublishedMessage, "default", 100, "bench", OldestFirst(),
+                                      count_attempt=True),
         "next_due_in": w.next_due_in,
     }
     for name, fn in probes.items():
@@ -668,7 +665,7 @@ def explain_claim(w: Any) -> dict[str, float]:
 
     if connection.vendor != "postgresql":
         return {}
-    qs = w.claim_queryset(ReceivedMessage, MessageStatus.PENDING, skip_locked=True)
+    qs = ReceivedMessage.objects.due(MessageStatus.PENDING).select_for_update(skip_locked=True)
     times: list[float] = []
     buffers: list[float] = []
     with transaction.atomic(), connection.cursor() as c:

@@ -13,8 +13,7 @@ class IntegrationEventsConfig(AppConfig):
 
         from . import checks  # noqa: F401  (registers the system checks)
         from .registry import autodiscover
-        from .schedule import install_schedule
-        from .tasks import connect_cluster_signals
+        from .tasks import connect_cluster_signals, install_schedule
 
         autodiscover()
         connect_cluster_signals()

@@ -74,6 +74,12 @@ class IntegrationEventsSettings:
     CLEANUP_BATCH_SIZE: int = 1000
     # Store the handler's traceback with the last error.
     STORE_TRACEBACK: bool = True
+    # The seams (docs/extending.md): dotted paths of the classes that hand work to the task
+    # queue, pick the rows a pass claims, wait while idle, and instrument the engine.
+    PUMP: str = "integration_events.tasks.DjangoQPump"
+    CLAIM_STRATEGY: str = "integration_events.claims.OldestFirst"
+    IDLE_WAITER: str = "integration_events.waiting.SleepWaiter"
+    INSTRUMENTATION: tuple[str, ...] = ()
     # Every cluster writes a heartbeat this often (seconds); a node is alive while its last
     # heartbeat is at most three intervals old (integration_events.nodes).
     HEARTBEAT_INTERVAL: float = 30.0
@@ -143,6 +149,10 @@ def _check_type(key: str, value: Any) -> Any:
         if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise bad("a non-empty list of database aliases")
+    if key == "INSTRUMENTATION":
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise bad("a list of dotted paths")
     if key == "Q_OPTIONS":
         if isinstance(value, dict):
             return dict(value)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextvars
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models import PublishedMessage, ReceivedMessage
 
 
 @dataclass(frozen=True)
@@ -34,3 +37,14 @@ class MessageContext:
 current_context: contextvars.ContextVar[MessageContext | None] = contextvars.ContextVar(
     "integration_events_current_context", default=None
 )
+
+
+@dataclass
+class Delivery:
+    """One received message ready to run: its inbox row, the published message, the context
+    its handler gets, and the validated event (None for raw subscriptions)."""
+
+    row: ReceivedMessage
+    message: PublishedMessage
+    context: MessageContext
+    event: Any = None

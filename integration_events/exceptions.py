@@ -20,6 +20,10 @@ class InvalidMessage(PermanentFailure):
     """The stored content does not parse as JSON or fails validation against the event class."""
 
 
+class InvalidHeaders(InvalidMessage):
+    """The stored headers are not a JSON object (a tampered or corrupt row)."""
+
+
 class HopLimitExceeded(PermanentFailure):
     """An event chain grew past MAX_HOPS: a handler publishing in reply to its own events."""
 
@@ -27,6 +31,26 @@ class HopLimitExceeded(PermanentFailure):
 class UnknownTopic(IntegrationEventsError):
     """No event class is registered for the message's topic in this process (retried: a newer
     deployment may know it)."""
+
+
+class NoHandler(IntegrationEventsError):
+    """A received message's group has no handler for its topic in this process (retried by
+    the unknown-topic rule: a newer deployment may have one)."""
+
+
+class LeaseExpired(IntegrationEventsError):
+    """The worker that took an attempt stopped renewing its claim (killed, crashed, or hung
+    past the task timeout); recorded by the sweep. The row is then claimed alone."""
+
+
+class RetryLater(IntegrationEventsError):
+    """Raise from a handler to be retried no sooner than ``retry_after`` seconds (say, a
+    Retry-After from an outside system). Any exception with a numeric or timedelta
+    ``retry_after`` attribute is honoured the same way; the backoff still applies if longer."""
+
+    def __init__(self, message: str = "", *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class LeaseLost(IntegrationEventsError):

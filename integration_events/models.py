@@ -11,10 +11,14 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from typing import Any
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any, ClassVar, TypeVar
 
 from django.db import models
 from django.db.models.functions import Now
+
+from .exceptions import InvalidHeaders
 
 
 def uuid7() -> uuid.UUID:
@@ -53,6 +57,84 @@ ACTIVE_STATUSES = (MessageStatus.PENDING, MessageStatus.RETRYING)
 TERMINAL_STATUSES = (MessageStatus.SUCCEEDED, MessageStatus.FAILED)
 
 
+def after(seconds: float) -> Any:
+    """``Now() + seconds`` in database time, for leases, retries and expiry."""
+    return models.ExpressionWrapper(
+        Now() + timedelta(seconds=seconds), output_field=models.DateTimeField()
+    )
+
+
+M = TypeVar("M", bound="MessageBase")
+
+
+class MessageQuerySet(models.QuerySet[M]):
+    """Every row-level query of the engine, in one place.
+
+    A claimed row is held under a ``lease_token`` while it is PROCESSING; ``finish`` is the
+    compare-and-set that ends a claim (only the holder of the token can change the row), so
+    a worker whose lease expired and was taken over cannot overwrite its successor's outcome.
+    """
+
+    def due(self, status: str) -> MessageQuerySet[M]:
+        """Rows of one status whose next attempt is due (database time), oldest first: an
+        ordered range of the (status, next_attempt_at) index."""
+        return self.filter(status=status, next_attempt_at__lte=Now()).order_by(
+            "next_attempt_at"
+        )
+
+    def active(self) -> MessageQuerySet[M]:
+        """Rows waiting for an attempt (pending or retrying), due or not."""
+        return self.filter(status__in=ACTIVE_STATUSES)
+
+    def held(self, token: uuid.UUID | Iterable[uuid.UUID]) -> MessageQuerySet[M]:
+        """Rows still held under ``token`` (or any of several tokens)."""
+        if isinstance(token, uuid.UUID):
+            return self.filter(lease_token=token, status=MessageStatus.PROCESSING)
+        return self.filter(lease_token__in=list(token), status=MessageStatus.PROCESSING)
+
+    def finish(self, pks: Iterable[Any], token: uuid.UUID, **changes: Any) -> int:
+        """End the claim on these rows with ``changes``, but only where ``token`` still holds
+        them (the compare-and-set); returns how many rows changed."""
+        return self.held(token).filter(pk__in=list(pks)).update(
+            lease_token=None, lease_until=None, **changes
+        )
+
+    def succeed(self, pks: Iterable[Any], token: uuid.UUID, expiry: float) -> int:
+        """Finish the rows as succeeded (deleted ``expiry`` seconds from now)."""
+        return self.finish(pks, token, status=MessageStatus.SUCCEEDED, finished_at=Now(),
+                           expires_at=after(expiry))
+
+    def hand_back(self, pks: Iterable[Any], token: uuid.UUID) -> int:
+        """Return claimed rows that were never started: due again at once, no attempt used."""
+        return self.finish(pks, token, status=MessageStatus.RETRYING, next_attempt_at=Now())
+
+    def count_attempt(self, pks: Iterable[Any], token: uuid.UUID) -> int:
+        """Count an attempt on the rows still held under ``token`` (before their handlers run,
+        in its own committed statement, so a worker that dies still uses the attempt up)."""
+        return self.held(token).filter(pk__in=list(pks)).update(attempts=models.F("attempts") + 1)
+
+    def renew(self, tokens: Iterable[uuid.UUID], seconds: float) -> int:
+        """Push the lease of every row held under ``tokens`` to now + ``seconds``."""
+        return self.held(tokens).update(lease_until=after(seconds))
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the first waiting row falls due (negative: overdue), or None."""
+        value = self.active().aggregate(due=models.Min(models.ExpressionWrapper(
+            models.F("next_attempt_at") - Now(), output_field=models.DurationField())))["due"]
+        return None if value is None else float(value.total_seconds())
+
+    def expired_leases(self) -> MessageQuerySet[M]:
+        """Claims whose holder stopped renewing them (killed, crashed or hung)."""
+        return self.filter(status=MessageStatus.PROCESSING, lease_until__lt=Now())
+
+    def expired_terminal(self) -> MessageQuerySet[M]:
+        """Finished rows past their expiry; repeat it on the DELETE itself (see sweep)."""
+        return self.filter(status__in=TERMINAL_STATUSES, expires_at__lt=Now())
+
+
+MessageManager = models.Manager.from_queryset(MessageQuerySet)
+
+
 class MessageBase(models.Model):
     status = models.CharField(
         max_length=16, choices=MessageStatus.choices, default=MessageStatus.PENDING
@@ -74,13 +156,14 @@ class MessageBase(models.Model):
     # Which worker process took the latest claim ("host:pid"), for the admin's Nodes page.
     claimed_by = models.CharField(max_length=200, blank=True, default="")
     last_error = models.TextField(blank=True, default="")
+    # The kind of the last failure (the exception's class name, e.g. "InvalidMessage",
+    # "LeaseExpired"), set with last_error. A row back from an expired lease is claimed alone.
+    error_type = models.CharField(max_length=100, blank=True, default="", db_default="")
+
+    objects: ClassVar[MessageManager[Any]] = MessageManager()
 
     class Meta:
         abstract = True
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
 
 
 class PublishedMessage(MessageBase):
@@ -98,6 +181,8 @@ class PublishedMessage(MessageBase):
     correlation_sequence = models.PositiveIntegerField(default=0)
     # The message whose handler published this one (None for a chain's first event).
     causation_id = models.UUIDField(null=True, blank=True)
+
+    objects: ClassVar[MessageManager[PublishedMessage]] = MessageManager()
 
     class Meta:
         verbose_name = "published message"
@@ -118,15 +203,26 @@ class PublishedMessage(MessageBase):
 
     @property
     def message_headers(self) -> dict[str, Any]:
-        """All headers of this message, the stored ones and those kept in columns."""
+        """All headers of this message, the stored ones and those kept in columns. Raises
+        InvalidHeaders if the stored headers are not a JSON object (a tampered row)."""
+        stored = self.headers if self.headers is not None else {}
+        if not isinstance(stored, dict):
+            raise InvalidHeaders(
+                f"the stored headers are not a JSON object: {_preview(stored)}"
+            )
         return {
-            **(self.headers or {}),
+            **stored,
             "message-id": str(self.id),
             "topic": self.topic,
             "correlation-id": str(self.correlation_id),
             "correlation-sequence": self.correlation_sequence,
             **({"causation-id": str(self.causation_id)} if self.causation_id else {}),
         }
+
+
+def _preview(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ReceivedMessage(MessageBase):
@@ -145,6 +241,8 @@ class ReceivedMessage(MessageBase):
     topic = models.CharField(max_length=255)
     # Dotted path of the handler at fan-out time (the subscriber registry is authoritative).
     handler = models.CharField(max_length=255, blank=True, default="")
+
+    objects: ClassVar[MessageManager[ReceivedMessage]] = MessageManager()
 
     class Meta:
         verbose_name = "received message"

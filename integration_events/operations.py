@@ -9,8 +9,8 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 
+from .handoff import nudge
 from .models import MessageStatus, PublishedMessage, ReceivedMessage
-from .publisher import nudge
 
 _NOT_RUNNING = ~Q(status=MessageStatus.PROCESSING)
 
@@ -29,6 +29,7 @@ def _reset(qs: Any) -> int:
             expires_at=None,
             lease_token=None,
             lease_until=None,
+            error_type="",
         )
     )
 
@@ -42,10 +43,6 @@ def reexecute_received(
         count = _reset(ReceivedMessage.objects.using(using).filter(pk__in=_pks(items)))
         transaction.on_commit(lambda: nudge(using), using=using, robust=True)
     return count
-
-
-# The admin speaks of "requeue" for a failed inbox row; it is the same operation.
-requeue_received = reexecute_received
 
 
 def requeue_published(

@@ -10,8 +10,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.core.cache import caches
-from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, models
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -19,8 +18,12 @@ from .conf import get_settings
 from .context import current_context
 from .events import IntegrationEvent
 from .exceptions import HopLimitExceeded, IntegrationEventsError
+from .handoff import hand_off_after_commit, nudge
+from .instrumentation import get_hooks
 from .models import PublishedMessage, uuid7
 from .signals import message_published
+
+__all__ = ["nudge", "publish", "publish_many"]
 
 logger = logging.getLogger("integration_events")
 
@@ -120,18 +123,19 @@ def publish(
     alias = using or DEFAULT_DB_ALIAS
     due = _due_expression(delay)
     message = _build(event, due=due, headers=headers)
-    if due is None:
-        _insert(message, alias)
-    else:
-        message.save(using=alias, force_insert=True)
-        if not isinstance(message.next_attempt_at, datetime):
-            message.refresh_from_db(using=alias, fields=["next_attempt_at"])
+    with get_hooks().publish(message, event):
+        if due is None:
+            _insert(message, alias)
+        else:
+            message.save(using=alias, force_insert=True)
+            if not isinstance(message.next_attempt_at, datetime):
+                message.refresh_from_db(using=alias, fields=["next_attempt_at"])
     logger.debug(
         "published message_id=%s topic=%s correlation_id=%s", message.id, message.topic,
         message.correlation_id,
     )
     message_published.send(sender=PublishedMessage, message=message, event=event)
-    _hand_off_after_commit(alias)
+    hand_off_after_commit(alias)
     return message
 
 
@@ -150,10 +154,15 @@ def publish_many(
     messages = [m for _, m in pairs]
     if not messages:
         return []
-    PublishedMessage.objects.using(alias).bulk_create(messages, batch_size=batch_size)
+    hooks = get_hooks()
+    with contextlib.ExitStack() as stack:
+        if hooks.active:
+            for event, message in pairs:
+                stack.enter_context(hooks.publish(message, event))
+        PublishedMessage.objects.using(alias).bulk_create(messages, batch_size=batch_size)
     for event, message in pairs:
         message_published.send(sender=PublishedMessage, message=message, event=event)
-    _hand_off_after_commit(alias)
+    hand_off_after_commit(alias)
     return messages
 
 
@@ -192,38 +201,3 @@ def _insert(message: PublishedMessage, alias: str) -> None:
         message.__dict__.pop(attname, None)
     message._state.adding = False
     message._state.db = alias
-
-
-# --- hand-off -----------------------------------------------------------------------------
-
-_nudges_suppressed = False
-
-
-def _hand_off_after_commit(alias: str) -> None:
-    def hand_off() -> None:
-        nudge(alias)
-
-    # robust: a broker that is down must never turn a committed request into an error; the
-    # sweep delivers later. (A plain function: Django 5.2 logs the callback's __qualname__.)
-    transaction.on_commit(hand_off, using=alias, robust=True)
-
-
-def nudge(alias: str = DEFAULT_DB_ALIAS, *, force: bool = False) -> bool:
-    """Ask the cluster to look for work on ``alias``; at most one nudge per NUDGE_WINDOW per
-    cache (the outbox row is the durable record; a lost nudge only delays delivery until the
-    periodic sweep). Returns True if a task was enqueued."""
-    settings = get_settings()
-    if not settings.NUDGE or _nudges_suppressed:
-        return False
-    if not force:
-        window = max(1, math.ceil(settings.NUDGE_WINDOW))
-        try:
-            if not caches[settings.NUDGE_CACHE].add(f"integration_events:nudge:{alias}", 1, window):
-                return False
-        except Exception:
-            # A cache that is down must not stop the hand-off; at worst we nudge too often.
-            logger.warning("nudge cache unavailable alias=%s", alias, exc_info=True)
-    from .tasks import enqueue_process
-
-    enqueue_process(alias)
-    return True

@@ -5,21 +5,72 @@ from __future__ import annotations
 import enum
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import autodiscover_modules
 
-from .context import MessageContext
+from .conf import IntegrationEventsSettings, get_settings
+from .context import Delivery, MessageContext
 from .events import IntegrationEvent
 from .retry import RetryStrategy
 
-__all__ = ["MessageContext", "Subscription", "subscriber", "subscriptions", "autodiscover"]
+if TYPE_CHECKING:
+    from .models import PublishedMessage
+
+__all__ = [
+    "Delivery", "GroupResolver", "MessageContext", "Subscription", "all_subscriptions",
+    "autodiscover", "default_retry", "get_subscription", "groups_for", "register_resolver",
+    "subscriber", "subscriptions", "unknown_topic_retry", "unregister_resolver",
+]
 
 Handler = Callable[..., Any]
+# A handler that takes a whole batch of deliveries and reports, in the same order, None for
+# each one it completed and the exception for each one that failed. It is not atomic: it
+# talks to an outside system (a broker: send 100, await the confirms, then report).
+BatchHandler = Callable[[Sequence[Delivery]], Sequence[BaseException | None]]
+RetryOverrides = tuple[tuple[str, Any], ...]
+
+
+class ExecutionMode(enum.StrEnum):
+    """How the engine runs a group's handler."""
+
+    ATOMIC = "atomic"
+    """In the inbox row's transaction: the handler's writes commit with its status. First
+    attempts run many to a transaction (a savepoint each when one fails)."""
+    PLAIN = "plain"
+    """Outside any transaction, one delivery at a time (handlers that only call out)."""
+    BATCH = "batch"
+    """A batch handler gets many deliveries at once and reports each one's outcome."""
+
+
+_retry_memo: dict[RetryOverrides, tuple[IntegrationEventsSettings, RetryStrategy]] = {}
+
+
+def _retry_for(overrides: RetryOverrides) -> RetryStrategy:
+    """The settings' retry strategy with ``overrides``, built once per settings object (the
+    settings are rebuilt when INTEGRATION_EVENTS changes, so override_settings works)."""
+    settings = get_settings()
+    hit = _retry_memo.get(overrides)
+    if hit is not None and hit[0] is settings:
+        return hit[1]
+    strategy = settings.retry_strategy().with_overrides(**dict(overrides))
+    _retry_memo[overrides] = (settings, strategy)
+    return strategy
+
+
+def default_retry() -> RetryStrategy:
+    """The settings' retry policy (published messages, and subscribers without overrides)."""
+    return _retry_for(())
+
+
+def unknown_topic_retry() -> RetryStrategy:
+    """The policy for a topic or group this process has no handler for: retried
+    UNKNOWN_TOPIC_MAX_ATTEMPTS times (a newer deployment may know it), then failed."""
+    return _retry_for((("max_attempts", get_settings().UNKNOWN_TOPIC_MAX_ATTEMPTS),))
 
 
 @dataclass(frozen=True)
@@ -32,25 +83,28 @@ class Subscription:
     event_type: type[IntegrationEvent] | None
     wants_context: bool
     atomic: bool
-    max_attempts: int | None
-    retry_base_delay: float | None
-    retry_max_delay: float | None
     topic_was_constant: bool
+    # max_attempts / base_delay / max_delay / jitter given to @subscriber (None: the setting).
+    retry_overrides: RetryOverrides = ()
+    batch_handler: BatchHandler | None = None
+    # Deliver the stored JSON as is (no event class validates it): for pass-through groups
+    # such as a broker bridge.
+    raw: bool = False
 
     @property
     def dotted_path(self) -> str:
         return f"{self.handler.__module__}.{self.handler.__qualname__}"
 
-    def retry_strategy(self) -> RetryStrategy:
-        from .conf import get_settings
+    @property
+    def retry(self) -> RetryStrategy:
+        """This subscriber's retry policy (the settings with its overrides)."""
+        return _retry_for(self.retry_overrides)
 
-        base = get_settings().retry_strategy()
-        return RetryStrategy(
-            max_attempts=self.max_attempts or base.max_attempts,
-            base_delay=base.base_delay if self.retry_base_delay is None else self.retry_base_delay,
-            max_delay=base.max_delay if self.retry_max_delay is None else self.retry_max_delay,
-            jitter=base.jitter,
-        )
+    @property
+    def mode(self) -> ExecutionMode:
+        if self.batch_handler is not None:
+            return ExecutionMode.BATCH
+        return ExecutionMode.ATOMIC if self.atomic else ExecutionMode.PLAIN
 
 
 # topic -> group -> subscription
@@ -86,6 +140,7 @@ def subscriber(
     max_attempts: int | None = None,
     retry_base_delay: float | None = None,
     retry_max_delay: float | None = None,
+    retry_jitter: float | None = None,
 ) -> Callable[[Handler], Handler]:
     """Register the decorated function as ``group``'s handler for ``topic``.
 
@@ -95,13 +150,22 @@ def subscriber(
     default) the handler's database writes commit together with the inbox row's status, so
     they happen once however often the message is delivered; set ``atomic=False`` for a
     handler that only calls outside systems (it must then be idempotent itself).
-    ``max_attempts`` and the retry delays override the INTEGRATION_EVENTS defaults.
+    ``max_attempts``, the retry delays and ``retry_jitter`` override the INTEGRATION_EVENTS
+    defaults.
     """
     topic_value = str(topic.value) if isinstance(topic, enum.Enum) else str(topic)
     if not topic_value:
         raise ImproperlyConfigured("subscriber(topic): the topic must not be empty")
-    if max_attempts is not None and max_attempts < 1:
-        raise ImproperlyConfigured("subscriber(max_attempts=...) must be at least 1")
+    overrides: RetryOverrides = tuple(
+        (name, value) for name, value in (
+            ("max_attempts", max_attempts), ("base_delay", retry_base_delay),
+            ("max_delay", retry_max_delay), ("jitter", retry_jitter),
+        ) if value is not None
+    )
+    try:
+        RetryStrategy().with_overrides(**dict(overrides))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"subscriber({topic_value!r}): {exc}") from exc
 
     def decorator(handler: Handler) -> Handler:
         event_type, wants_context = _event_type_of(handler)
@@ -121,10 +185,8 @@ def subscriber(
             event_type=event_type,
             wants_context=wants_context,
             atomic=atomic,
-            max_attempts=max_attempts,
-            retry_base_delay=retry_base_delay,
-            retry_max_delay=retry_max_delay,
             topic_was_constant=isinstance(topic, enum.Enum),
+            retry_overrides=overrides,
         )
         groups = _subscriptions.setdefault(topic_value, {})
         existing = groups.get(group_name)
@@ -141,16 +203,82 @@ def subscriber(
 
 
 def subscriptions(topic: str) -> dict[str, Subscription]:
-    """The groups subscribed to ``topic`` and their subscriptions."""
+    """The groups subscribed to ``topic`` with @subscriber, and their subscriptions."""
     return _subscriptions.get(topic, {})
 
 
 def all_subscriptions() -> list[Subscription]:
-    return [s for groups in _subscriptions.values() for s in groups.values()]
+    """Every @subscriber registration, and the fixed subscriptions resolvers declare."""
+    found = [s for groups in _subscriptions.values() for s in groups.values()]
+    for resolver in _resolvers:
+        found.extend(resolver.declared())
+    return found
+
+
+# --- group resolution ----------------------------------------------------------------------
+
+
+class GroupResolver(Protocol):
+    """Run-time groups (the seam for bridges, webhooks and other pumps of messages out).
+
+    The @subscriber registry answers for every group declared in code. A resolver adds groups
+    whose handlers are known only from configuration or the database (``bridge:<name>``,
+    ``webhook:<id>``): ``groups_for`` says which of its groups a message is fanned out to,
+    and ``get`` returns the subscription that executes one of its groups. Its subscriptions
+    may be non-atomic and batch handlers (``Subscription.batch_handler``). Register one with
+    ``register_resolver``; resolvers are asked after the registry, in registration order.
+    """
+
+    def groups_for(self, message: PublishedMessage) -> Mapping[str, Subscription]:
+        """The resolver's groups that receive ``message`` (an empty mapping for none)."""
+        ...
+
+    def get(self, topic: str, group: str) -> Subscription | None:
+        """The subscription that executes ``group``'s copy of ``topic``, if it is ours."""
+        ...
+
+    def declared(self) -> Sequence[Subscription]:
+        """The subscriptions to list in the admin and the checks (may be empty)."""
+        ...
+
+
+_resolvers: list[GroupResolver] = []
+
+
+def register_resolver(resolver: GroupResolver) -> None:
+    """Add a source of run-time groups (idempotent for the same object)."""
+    if resolver not in _resolvers:
+        _resolvers.append(resolver)
+
+
+def unregister_resolver(resolver: GroupResolver) -> None:
+    if resolver in _resolvers:
+        _resolvers.remove(resolver)
+
+
+def groups_for(message: PublishedMessage) -> dict[str, Subscription]:
+    """Every group ``message`` is fanned out to: @subscriber groups of its topic, then the
+    groups resolvers add (a group name is taken by whoever declares it first)."""
+    groups = _subscriptions.get(message.topic, {})
+    if not _resolvers:
+        return groups
+    merged = dict(groups)
+    for resolver in _resolvers:
+        for group, sub in resolver.groups_for(message).items():
+            merged.setdefault(group, sub)
+    return merged
 
 
 def get_subscription(topic: str, group: str) -> Subscription | None:
-    return _subscriptions.get(topic, {}).get(group)
+    """The subscription that executes ``group``'s copy of ``topic`` (None: no handler here)."""
+    sub = _subscriptions.get(topic, {}).get(group)
+    if sub is not None or not _resolvers:
+        return sub
+    for resolver in _resolvers:
+        sub = resolver.get(topic, group)
+        if sub is not None:
+            return sub
+    return None
 
 
 def unregister(topic: str, group: str) -> None:

@@ -1,9 +1,44 @@
-"""Retry policy: capped exponential backoff with jitter."""
+"""Retry policy: capped exponential backoff with jitter, and the one place that decides
+whether a failed attempt is retried or final."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from .exceptions import PermanentFailure
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Try again after ``delay`` seconds."""
+
+    delay: float
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """The failure is final (the dead letter); ``reason`` says why."""
+
+    reason: str
+
+
+Decision = Retry | GiveUp
+
+
+def retry_after(exc: BaseException | None) -> float:
+    """The minimum delay an exception asks for (a ``retry_after`` attribute in seconds or as
+    a timedelta, e.g. from an HTTP Retry-After), or 0."""
+    value: Any = getattr(exc, "retry_after", None)
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return max(0.0, float(value))
+    return 0.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +67,11 @@ class RetryStrategy:
         if not 0.0 <= self.jitter <= 1.0:
             raise ValueError("jitter must be between 0 and 1")
 
+    def with_overrides(self, **overrides: Any) -> RetryStrategy:
+        """This strategy with the given fields replaced (None values are ignored)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, **given) if given else self
+
     def should_retry(self, attempts: int) -> bool:
         """True while another attempt is allowed after ``attempts`` failed ones."""
         return attempts < self.max_attempts
@@ -44,3 +84,16 @@ class RetryStrategy:
         capped = min(self.max_delay, raw)
         r = (rng or random).random()
         return capped * (1.0 - self.jitter * r)
+
+    def decide(
+        self, attempts: int, exc: BaseException | None = None, rng: random.Random | None = None
+    ) -> Decision:
+        """Retry or give up after the ``attempts``-th failed attempt that raised ``exc``.
+
+        A PermanentFailure gives up at once; otherwise the attempts decide. A retry waits the
+        backoff delay, or longer if the exception carries a ``retry_after``."""
+        if isinstance(exc, PermanentFailure):
+            return GiveUp("permanent failure")
+        if not self.should_retry(attempts):
+            return GiveUp(f"{attempts} of {self.max_attempts} attempts used")
+        return Retry(max(self.delay(attempts, rng), retry_after(exc)))

@@ -3,7 +3,8 @@
 transaction: a later rollback undoes the row but not the signal).
 
 Receivers get ``sender`` (the model class) and ``message`` (the row) as keyword arguments;
-``message_retrying`` and ``message_failed`` also get ``error`` (the stored reason, a string).
+``message_retrying`` and ``message_failed`` also get ``error`` (the stored reason, a string);
+``message_retrying`` also gets ``retry_in`` (seconds until the next attempt).
 """
 
 from __future__ import annotations

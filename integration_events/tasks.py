@@ -1,78 +1,86 @@
-"""django-q2 entry points. They carry nothing but a database alias: no payloads, no pickled
-objects, so a queued task that django-q2 drops (a changed SECRET_KEY, a Redis restart) loses
-nothing, and one it delivers twice does nothing twice (the engine's claims decide)."""
+"""django-q2, the pump of today: the only module that imports django_q.
+
+Tasks carry nothing but a database alias: no payloads, no pickled objects, so a queued task
+that django-q2 drops (a changed SECRET_KEY, a Redis restart) loses nothing, and one it
+delivers twice does nothing twice (the engine's claims decide).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
+from django.db import DEFAULT_DB_ALIAS
+from django.db.utils import DatabaseError
+from django_q.brokers import get_broker
+from django_q.conf import Conf
+from django_q.models import Schedule
+from django_q.signals import post_spawn
+from django_q.tasks import async_task
+
 from .conf import get_settings
-from .worker import PassStats, SweepStats, Worker
+from .nodes import heartbeat, start_heartbeat
+from .worker import Worker
 
 logger = logging.getLogger("integration_events")
 
 PROCESS_TASK = "integration_events.tasks.process_messages"
 SWEEP_TASK = "integration_events.tasks.sweep"
+SCHEDULE_NAME = "integration_events.sweep"
 
 
-def _stop_exceptions() -> tuple[type[BaseException], ...]:
-    from django_q.exceptions import TimeoutException
+class DjangoQPump:
+    """Hands work to django-q2's cluster (``manage.py qcluster``)."""
 
-    return (KeyboardInterrupt, SystemExit, TimeoutException)
+    def enqueue_process(self, alias: str) -> None:
+        options: dict[str, Any] = {"save": False, **get_settings().Q_OPTIONS}
+        async_task(PROCESS_TASK, alias, q_options=options)
+
+    def queue_size(self) -> int | None:
+        return int(get_broker(get_settings().Q_OPTIONS.get("cluster")).queue_size() or 0)
+
+    def recruit(self, alias: str) -> bool:
+        """One more process task for a backlog, unless the broker already holds as many
+        waiting tasks as this cluster has workers (so a long backlog cannot pile up tasks
+        that would only idle once it is gone)."""
+        if (self.queue_size() or 0) >= max(1, Conf.WORKERS or 1):
+            return False
+        self.enqueue_process(alias)
+        return True
 
 
-def process_messages(alias: str = "default") -> dict[str, int]:
+def process_messages(alias: str = DEFAULT_DB_ALIAS) -> dict[str, int]:
     """Claim and process due messages until the task's time budget or idleness ends it."""
-    stats: PassStats = Worker(
-        using=alias, stop_exceptions=_stop_exceptions(), recruit=lambda: recruit(alias)
-    ).run()
-    return {"dispatched": stats.dispatched, "succeeded": stats.succeeded,
-            "retried": stats.retried, "failed": stats.failed}
+    return Worker(using=alias, pump=DjangoQPump()).run().as_dict()
 
 
 def sweep() -> dict[str, Any]:
     """The periodic backstop (every minute): release expired claims, delete expired messages,
-    then process whatever is due, including committed messages whose hand-off was lost."""
-    from .nodes import heartbeat
-
+    then hand off whatever is due, including committed messages whose hand-off was lost."""
     result: dict[str, Any] = {}
     for alias in get_settings().DATABASES:
-        worker = Worker(using=alias, stop_exceptions=_stop_exceptions())
-        swept: SweepStats = worker.sweep()
+        worker = Worker(using=alias, pump=DjangoQPump())
+        result[alias] = worker.sweep().as_dict()
         heartbeat(alias)
         due = worker.next_due_in()
         if due is not None and due <= get_settings().WAKE_HORIZON:
-            enqueue_process(alias)
-        result[alias] = swept.__dict__
+            DjangoQPump().enqueue_process(alias)
     return result
+
+
+def install_schedule(using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
+    """Create or update the sweep schedule (idempotent; a post_migrate receiver)."""
+    # django_q's tables may not be migrated on this alias (a database router keeps them
+    # elsewhere): the schedule is then installed when migrate runs there.
+    with contextlib.suppress(DatabaseError):
+        Schedule.objects.using(using).update_or_create(
+            name=SCHEDULE_NAME,
+            defaults={"func": SWEEP_TASK, "schedule_type": Schedule.MINUTES, "minutes": 1,
+                      "repeats": -1},
+        )
 
 
 def connect_cluster_signals() -> None:
     """Start the heartbeat thread in every worker process a qcluster spawns."""
-    from django_q.signals import post_spawn
-
-    from .nodes import start_heartbeat
-
     post_spawn.connect(start_heartbeat, dispatch_uid="integration_events.heartbeat")
-
-
-def enqueue_process(alias: str) -> None:
-    from django_q.tasks import async_task
-
-    options: dict[str, Any] = {"save": False, **get_settings().Q_OPTIONS}
-    async_task(PROCESS_TASK, alias, q_options=options)
-
-
-def recruit(alias: str) -> bool:
-    """Enqueue one more process task for a backlog, unless the broker already holds as many
-    waiting tasks as this cluster has workers (so a long backlog cannot pile up tasks that
-    would only idle once it is gone). Returns True if a task was enqueued."""
-    from django_q.brokers import get_broker
-    from django_q.conf import Conf
-
-    options = get_settings().Q_OPTIONS
-    if get_broker(options.get("cluster")).queue_size() >= max(1, Conf.WORKERS or 1):
-        return False
-    enqueue_process(alias)
-    return True

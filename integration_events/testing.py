@@ -23,13 +23,14 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models.functions import Now
 from django.test import TestCase
 
-from . import publisher
 from .events import IntegrationEvent
-from .models import ACTIVE_STATUSES, PublishedMessage, ReceivedMessage
+from .handoff import suppress_nudges
+from .models import PublishedMessage, ReceivedMessage
+from .outcomes import PassStats
 from .signals import message_published
-from .worker import PassStats, Worker
+from .worker import Worker
 
-__all__ = ["capture_events", "deliver_pending", "make_due", "CapturedEvents"]
+__all__ = ["capture_events", "deliver_pending", "make_due", "suppress_nudges", "CapturedEvents"]
 
 
 class CapturedEvents(list[IntegrationEvent]):
@@ -63,22 +64,8 @@ def capture_events() -> Iterator[CapturedEvents]:
 
 def make_due(using: str = DEFAULT_DB_ALIAS) -> int:
     """Make every delayed or backing-off message due now (simulates the passage of time)."""
-    count = 0
-    for model in (PublishedMessage, ReceivedMessage):
-        count += model.objects.using(using).filter(status__in=ACTIVE_STATUSES).update(
-            next_attempt_at=Now()
-        )
-    return count
-
-
-@contextmanager
-def _no_nudges() -> Iterator[None]:
-    previous = publisher._nudges_suppressed
-    publisher._nudges_suppressed = True
-    try:
-        yield
-    finally:
-        publisher._nudges_suppressed = previous
+    return sum(model.objects.using(using).active().update(next_attempt_at=Now())
+               for model in (PublishedMessage, ReceivedMessage))
 
 
 def deliver_pending(
@@ -87,20 +74,21 @@ def deliver_pending(
     """Dispatch and run everything due now, handlers included, synchronously; repeat until
     nothing is due (messages the handlers publish are delivered too). ``include_delayed``
     also makes delayed and backing-off messages due first, before each pass."""
+    # Inside a test transaction nothing commits: run each pass's on-commit callbacks as if
+    # its transactions had (Django's own captureOnCommitCallbacks does the bookkeeping).
     in_transaction = connections[using].in_atomic_block
-
-    def wrapped(run_once: Any) -> PassStats:
-        if include_delayed:
-            make_due(using)
-        if not in_transaction:
-            result: PassStats = run_once()
-            return result
-        # Inside a test transaction nothing commits: run the pass's on-commit callbacks as if
-        # its transactions had (Django's own captureOnCommitCallbacks does the bookkeeping).
-        with TestCase.captureOnCommitCallbacks(using=using, execute=True):
-            result = run_once()
-        return result
-
-    worker = Worker(using=using, keep_leases=False, pass_wrapper=wrapped)
-    with _no_nudges():
-        return worker.run_until_idle(max_passes=max_passes)
+    worker = Worker(using=using, keep_leases=False)
+    total = PassStats()
+    with suppress_nudges():
+        for _ in range(max_passes):
+            if include_delayed:
+                make_due(using)
+            if in_transaction:
+                with TestCase.captureOnCommitCallbacks(using=using, execute=True):
+                    stats = worker.run_once()
+            else:
+                stats = worker.run_once()
+            total.add(stats)
+            if not stats.total:
+                break
+    return total

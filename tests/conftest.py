@@ -16,7 +16,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from integration_events.worker import Worker
+from integration_events.claims import OldestFirst, claim
+from integration_events.worker import Worker, default_claimer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,6 +31,13 @@ def pytest_report_header(config: Any) -> list[str]:
 def worker() -> Worker:
     """An in-process worker without the lease keeper thread (tests drive time themselves)."""
     return Worker(keep_leases=False)
+
+
+def claim_rows(model: Any, limit: int, *, count_attempt: bool) -> list[Any]:
+    """Claim up to ``limit`` due rows of ``model`` the way a worker does (oldest first), and
+    return them: a test can then act as a worker that dies mid-handler."""
+    return claim(model, "default", limit, default_claimer(), OldestFirst(),
+                 count_attempt=count_attempt).rows
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
 MAX_ATTEMPTS = 3
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: bad rows stall their batches and never fail")
 def test_bad_rows_fail_alone_under_a_real_cluster(cluster) -> None:
     c = cluster(IE_MAX_ATTEMPTS=str(MAX_ATTEMPTS), IE_RETRY_BASE_DELAY="0.2")
     with override_settings(INTEGRATION_EVENTS={"NUDGE": True}), transaction.atomic():

@@ -16,7 +16,7 @@ from django.db import connection, connections, transaction
 from integration_events import publish_many
 from integration_events.models import MessageStatus, PublishedMessage, ReceivedMessage
 from integration_events.worker import Worker
-from tests.conftest import requires_row_locks
+from tests.conftest import claim_rows, requires_row_locks
 from tests.eventapp.events import ProbeHappened
 from tests.eventapp.models import Delivery
 
@@ -49,9 +49,8 @@ def test_concurrent_claimers_never_take_the_same_row() -> None:
     claimed: list[list[object]] = [[] for _ in range(4)]
 
     def claim_all(index: int) -> None:
-        worker = Worker(keep_leases=False)
         while True:
-            rows = worker._claim(PublishedMessage, 7, count_attempt=True)
+            rows = claim_rows(PublishedMessage, 7, count_attempt=True)
             if not rows:
                 return
             claimed[index].extend(r.pk for r in rows)
@@ -103,7 +102,7 @@ def test_claims_skip_rows_locked_by_another_claimer() -> None:
             else:
                 cursor.execute("SET SESSION innodb_lock_wait_timeout = 3")
         started = time.monotonic()
-        rows = Worker(keep_leases=False)._claim(PublishedMessage, 20, count_attempt=True)
+        rows = claim_rows(PublishedMessage, 20, count_attempt=True)
         took = time.monotonic() - started
     finally:
         release.set()

@@ -15,10 +15,7 @@ from tests.eventapp.models import Delivery
 
 pytestmark = pytest.mark.django_db
 
-POISON_RULE = "issue 9: an exception while preparing one row escapes the worker"
 
-
-@pytest.mark.xfail(strict=True, reason=POISON_RULE)
 def test_headers_that_are_not_an_object_fail_only_their_message(worker) -> None:
     bad = publish(ProbeHappened(n=1))
     good = publish(ProbeHappened(n=2))
@@ -32,7 +29,6 @@ def test_headers_that_are_not_an_object_fail_only_their_message(worker) -> None:
         == {MessageStatus.SUCCEEDED}
 
 
-@pytest.mark.xfail(strict=True, reason=POISON_RULE)
 def test_a_validator_raising_a_non_value_error_is_retried_then_failed(worker) -> None:
     with override_settings(INTEGRATION_EVENTS={"MAX_ATTEMPTS": 3, "RETRY_BASE_DELAY": 0.01,
                                                "RETRY_MAX_DELAY": 0.01}):
@@ -48,8 +44,6 @@ def test_a_validator_raising_a_non_value_error_is_retried_then_failed(worker) ->
     assert Delivery.objects.filter(message_id=good.pk).count() == 2
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: on-commit callbacks run without the "
-                   "handler's context, so what they publish starts a new chain at hop 0")
 @pytest.mark.django_db(transaction=True)
 def test_on_commit_publishes_keep_their_own_handlers_chain(worker) -> None:
     first = publish(CommitChained(depth=0, label="a"))
@@ -64,7 +58,6 @@ def test_on_commit_publishes_keep_their_own_handlers_chain(worker) -> None:
         assert child.correlation_sequence == 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: a chain through on_commit never hits MAX_HOPS")
 @pytest.mark.django_db(transaction=True)
 def test_a_loop_through_on_commit_stops_at_max_hops(worker) -> None:
     with override_settings(INTEGRATION_EVENTS={"MAX_HOPS": 4}):

@@ -8,7 +8,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from integration_events.models import MessageStatus, PublishedMessage, ReceivedMessage
-from integration_events.worker import Worker
 
 
 def _import_mssql_base():
@@ -52,7 +51,7 @@ def compile_sql(queryset, conn) -> str:
 @pytest.mark.parametrize("model", [PublishedMessage, ReceivedMessage])
 def test_claim_query_uses_readpast(model, mssql_connection) -> None:
     assert mssql_connection.features.has_select_for_update_skip_locked
-    qs = Worker().claim_queryset(model, MessageStatus.PENDING, skip_locked=True)
+    qs = model.objects.due(MessageStatus.PENDING).select_for_update(skip_locked=True)
     sql = compile_sql(qs.values_list("pk", flat=True)[:100], mssql_connection)
     assert "WITH (ROWLOCK, UPDLOCK, READPAST)" in sql
     assert "TOP 100" in sql or "FETCH FIRST 100" in sql or "OFFSET 0 ROWS FETCH" in sql
@@ -62,6 +61,6 @@ def test_claim_query_uses_readpast(model, mssql_connection) -> None:
 
 
 def test_without_skip_locked_there_is_no_readpast(mssql_connection) -> None:
-    qs = Worker().claim_queryset(PublishedMessage, MessageStatus.PENDING, skip_locked=False)
+    qs = PublishedMessage.objects.due(MessageStatus.PENDING)
     assert "READPAST" not in compile_sql(qs.values_list("pk", flat=True)[:10],
                                          mssql_connection)

@@ -47,7 +47,7 @@ def test_retry_overrides() -> None:
     subscriber(ProbeTopics.LONELY_HAPPENED, group="tuned", max_attempts=7,
                retry_base_delay=1.5)(handler)
     try:
-        strategy = get_subscription(ProbeTopics.LONELY_HAPPENED, "tuned").retry_strategy()
+        strategy = get_subscription(ProbeTopics.LONELY_HAPPENED, "tuned").retry
         assert (strategy.max_attempts, strategy.base_delay) == (7, 1.5)
     finally:
         unregister(ProbeTopics.LONELY_HAPPENED, "tuned")

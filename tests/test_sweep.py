@@ -17,8 +17,6 @@ from tests.eventapp.events import ProbeHappened
 pytestmark = pytest.mark.django_db
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: the sweep deletes by id without re-checking "
-                   "status, so a row requeued between its SELECT and DELETE is lost")
 def test_a_row_requeued_between_select_and_delete_survives(worker) -> None:
     publish(ProbeHappened(n=1))
     worker.run_until_idle()

@@ -4,6 +4,7 @@ dead letters, bad input, leases and their compare-and-set, hop limit, expiry."""
 from __future__ import annotations
 
 import json
+import random
 import threading
 import uuid
 from datetime import timedelta
@@ -17,9 +18,11 @@ from django.test import override_settings
 from integration_events import publish
 from integration_events.models import MessageStatus, PublishedMessage, ReceivedMessage
 from integration_events.operations import reexecute_received, requeue_published
+from integration_events.retry import RetryStrategy
 from integration_events.signals import message_failed, message_retrying, message_succeeded
 from integration_events.testing import deliver_pending, make_due
 from integration_events.worker import Worker
+from tests.conftest import claim_rows
 from tests.eventapp.events import ChainLinked, LonelyHappened, ProbeHappened
 from tests.eventapp.models import Delivery
 
@@ -92,20 +95,34 @@ def test_failed_handler_rolls_back_its_writes(worker: Worker) -> None:
 
 
 def test_retries_back_off_exponentially_and_stop_at_the_limit(
-    worker, failed_calls, django_capture_on_commit_callbacks
+    failed_calls, django_capture_on_commit_callbacks
 ) -> None:
+    # A seeded RNG: the jittered delays are known exactly, whatever the clock does.
+    worker = Worker(keep_leases=False, rng=random.Random(7))
+    expected_rng = random.Random(7)
+    strategy = RetryStrategy(max_attempts=3, base_delay=0.5, max_delay=5.0, jitter=0.5)
     publish(ProbeHappened(n=1, behaviour="fail", only_group="probe-a"))
-    delays = []
-    for attempt in (1, 2):
-        worker.run_until_idle()
-        row = ReceivedMessage.objects.annotate(
-            wait=F("next_attempt_at") - Now()).get(group="probe-a")
-        assert (row.status, row.attempts) == (MessageStatus.RETRYING, attempt)
-        delays.append(row.wait.total_seconds())
-        make_due()
-    # base 0.5 s, equal jitter: attempt 1 waits 0.25-0.5 s, attempt 2 waits 0.5-1.0 s.
-    assert 0.15 < delays[0] <= 0.55
-    assert 0.4 < delays[1] <= 1.05
+    announced: list[float] = []
+
+    def on_retrying(sender, message, error, retry_in, **kwargs) -> None:
+        announced.append(retry_in)
+
+    message_retrying.connect(on_retrying, weak=False)
+    try:
+        for attempt in (1, 2):
+            with django_capture_on_commit_callbacks(execute=True):
+                worker.run_until_idle()
+            row = ReceivedMessage.objects.annotate(
+                wait=F("next_attempt_at") - Now()).get(group="probe-a")
+            assert (row.status, row.attempts) == (MessageStatus.RETRYING, attempt)
+            # Stored as now + delay (database time): never later than the announced delay.
+            assert row.wait.total_seconds() <= announced[-1]
+            make_due()
+    finally:
+        message_retrying.disconnect(on_retrying)
+    # base 0.5 s doubling, equal jitter: exactly what the same seed gives.
+    assert announced == [strategy.delay(1, expected_rng), strategy.delay(2, expected_rng)]
+    assert 0.25 <= announced[0] <= 0.5 and 0.5 <= announced[1] <= 1.0
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         worker.run_until_idle()
     assert callbacks, "the failed announcement waits for the commit"
@@ -217,7 +234,8 @@ def test_known_topic_without_subscribers_is_marked_succeeded(worker) -> None:
     worker.run_until_idle()
     message.refresh_from_db()
     assert message.status == MessageStatus.SUCCEEDED
-    assert message.last_error == "no subscribers: nothing to deliver"
+    # Nothing to deliver is not an error: no last_error (the admin shows "no receipts").
+    assert message.last_error == "" and not message.receipts.exists()
 
 
 def test_hop_limit_stops_an_endless_chain(worker) -> None:
@@ -285,7 +303,7 @@ def test_crashing_handler_ends_up_failed_through_lease_expiry(
     ReceivedMessage.objects.filter(group="probe-b").update(status=MessageStatus.SUCCEEDED)
     for _attempt in (1, 2, 3):
         make_due()
-        (row,) = worker._claim(ReceivedMessage, 1, count_attempt=False)
+        (row,) = claim_rows(ReceivedMessage, 1, count_attempt=False)
         assert row.group == "probe-a"
         # The attempt is counted and committed, then the worker "dies" mid-handler.
         ReceivedMessage.objects.filter(pk=row.pk).update(attempts=F("attempts") + 1)
@@ -301,7 +319,7 @@ def test_crashing_handler_ends_up_failed_through_lease_expiry(
 def test_claimed_but_unstarted_rows_lose_no_attempt(worker) -> None:
     publish(ProbeHappened(n=1))
     worker.dispatch_batch()
-    rows = worker._claim(ReceivedMessage, 10, count_attempt=False)
+    rows = claim_rows(ReceivedMessage, 10, count_attempt=False)
     assert len(rows) == 2
     ReceivedMessage.objects.update(lease_until=Now() - timedelta(seconds=1))
     assert worker.sweep().released == 2
@@ -322,7 +340,7 @@ def test_requeue_published_reruns_every_group(worker) -> None:
 def test_processing_rows_are_not_requeued(worker) -> None:
     publish(ProbeHappened(n=1))
     worker.dispatch_batch()
-    worker._claim(ReceivedMessage, 10, count_attempt=False)
+    claim_rows(ReceivedMessage, 10, count_attempt=False)
     assert reexecute_received(ReceivedMessage.objects.all()) == 0
 
 
@@ -443,12 +461,11 @@ def test_run_writes_a_heartbeat(worker) -> None:
 def test_a_task_past_its_budget_starts_no_more_handlers(worker) -> None:
     publish(ProbeHappened(n=1))
     worker.dispatch_batch()
-    worker._deadline = 0.0  # the budget ran out while the claim was being made
-    stats = worker.execute_batch()
+    # The budget ran out while the claim was being made.
+    stats = worker.execute_batch(until=0.0)
     assert stats.total == 0 and Delivery.objects.count() == 0
     # Handed back at once, with no attempt used, for the next task to take.
     assert set(ReceivedMessage.objects.values_list("status", "attempts")) == {("retrying", 0)}
-    worker._deadline = float("inf")
     assert worker.run_until_idle().succeeded == 2
 
 
@@ -459,7 +476,7 @@ def test_claims_name_the_node_and_the_worker_process(worker) -> None:
 
     publish(ProbeHappened(n=1))
     worker.dispatch_batch()
-    (row, _) = worker._claim(ReceivedMessage, 10, count_attempt=False)
+    (row, _) = claim_rows(ReceivedMessage, 10, count_attempt=False)
     assert row.claimed_by == f"{node_name()}/{os.getpid()}"
 
 

@@ -1,0 +1,180 @@
+"""Many deliveries at once: atomic chunks (many handlers in one transaction) and batch
+handlers (one call for many deliveries, e.g. a broker bridge sending a batch).
+
+Atomic chunks run optimistically (EXECUTE_OPTIMISTIC): the handlers run without savepoints;
+if one raises, the whole transaction is rolled back (its neighbours' writes and on-commit
+callbacks with it), that row's failure is recorded (its handler is not run again), and the
+others run again with a savepoint each, so that only the failing handler's work is lost.
+Savepoints cost two statements per delivery; failures are rare, so this is the faster path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from django.db import transaction
+
+from .claims import Claim
+from .conf import get_settings
+from .delivery import Prepared
+from .exceptions import IntegrationEventsError, LeaseLost
+from .failures import log_fields
+from .models import PublishedMessage, ReceivedMessage
+from .outcomes import Outcome, PassStats
+from .registry import Subscription
+from .rules import NOT_THE_ROWS_FAULT
+
+if TYPE_CHECKING:
+    from .execute import Executor
+
+logger = logging.getLogger("integration_events")
+
+Messages = dict[Any, PublishedMessage]
+
+
+class _HandlerRaised(Exception):
+    """A handler raised inside a chunk's transaction (which is then rolled back)."""
+
+    def __init__(self, prepared: Prepared, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.prepared, self.error = prepared, error
+
+
+@dataclass
+class _Result:
+    succeeded: list[Prepared] = field(default_factory=list)
+    failures: list[tuple[Prepared, Exception]] = field(default_factory=list)
+    # Rows not started when EXECUTE_BATCH_SECONDS ran out (their attempt is counted).
+    leftover: list[Prepared] = field(default_factory=list)
+
+
+def _prepare_all(ex: Executor, taken: Claim[ReceivedMessage], rows: list[ReceivedMessage],
+                 messages: Messages, stats: PassStats) -> list[Prepared]:
+    counted, lost = ex.count_attempts(taken, rows)
+    stats.count(Outcome.LOST, lost)
+    prepared: list[Prepared] = []
+    for row in counted:
+        ready = ex.prepare(taken, row, messages.get(row.message_id))
+        if isinstance(ready, Outcome):
+            stats.count(ready)
+        else:
+            prepared.append(ready)
+    return prepared
+
+
+def run_atomic_chunk(ex: Executor, taken: Claim[ReceivedMessage], rows: list[ReceivedMessage],
+                     messages: Messages) -> PassStats:
+    """Run fresh rows of atomic handlers, as many to a transaction as time allows."""
+    stats = PassStats()
+    prepared = _prepare_all(ex, taken, rows, messages, stats)
+    savepoints = not get_settings().EXECUTE_OPTIMISTIC
+    while prepared:
+        try:
+            result = _transaction(ex, taken, prepared, savepoints)
+        except _HandlerRaised as raised:
+            # Everything was rolled back and nothing recorded yet: record the row that raised
+            # (its handler is not run again), then run the others again.
+            stats.count(ex.record(taken, raised.prepared, raised.error))
+            prepared = [p for p in prepared if p is not raised.prepared]
+            if isinstance(raised.error, ex.stop_exceptions):
+                raise raised.error from None
+            # After an Exception, with savepoints; after another BaseException (not a stop),
+            # the same way as before.
+            savepoints = savepoints or isinstance(raised.error, Exception)
+            continue
+        except LeaseLost as lost:
+            # Some rows were taken over after our lease expired: the whole transaction was
+            # rolled back; the rows still ours run again one at a time.
+            logger.warning("lease lost during a batch; re-running the rest alone: %s", lost)
+            return stats.add(_rerun_alone(ex, taken, prepared))
+        taken.done(*(p.row for p in result.succeeded))
+        stats.count(Outcome.SUCCEEDED, len(result.succeeded))
+        for failed, error in result.failures:
+            stats.count(ex.record(taken, failed, error))
+        prepared = result.leftover
+    return stats
+
+
+def _transaction(ex: Executor, taken: Claim[ReceivedMessage], prepared: list[Prepared],
+                 savepoints: bool) -> _Result:
+    """One transaction over ``prepared``: run the handlers in order, then complete the
+    successful rows with one compare-and-set (or raise LeaseLost)."""
+    deadline = ex.clock() + get_settings().EXECUTE_BATCH_SECONDS
+    result = _Result()
+    with transaction.atomic(using=ex.using):
+        for index, item in enumerate(prepared):
+            try:
+                if savepoints:
+                    try:
+                        with transaction.atomic(using=ex.using):
+                            ex.call(item)
+                    except Exception as exc:
+                        result.failures.append((item, exc))
+                        continue
+                else:
+                    ex.call(item)
+            except BaseException as exc:
+                raise _HandlerRaised(item, exc) from exc
+            result.succeeded.append(item)
+            if ex.clock() > deadline:
+                result.leftover = prepared[index + 1:]
+                break
+        if result.succeeded:
+            ex.succeed([p.row for p in result.succeeded], taken.token)
+    if logger.isEnabledFor(logging.DEBUG):
+        for item in result.succeeded:
+            logger.debug("message succeeded %s", log_fields(item.row))
+    return result
+
+
+def _rerun_alone(ex: Executor, taken: Claim[ReceivedMessage], prepared: list[Prepared]
+                 ) -> PassStats:
+    stats = PassStats()
+    pks = [p.row.pk for p in prepared]
+    still_ours = set(ex.inbox.held(taken.token).filter(pk__in=pks).values_list("pk", flat=True))
+    for item in prepared:
+        if item.row.pk in still_ours:
+            stats.count(ex.run_single(taken, item.row, item.delivery.message, counted=True))
+        else:
+            logger.warning("lease lost; outcome discarded %s", log_fields(item.row))
+            taken.done(item.row)
+            stats.count(Outcome.LOST)
+    return stats
+
+
+def run_batch_handler(ex: Executor, taken: Claim[ReceivedMessage], rows: list[ReceivedMessage],
+                      messages: Messages, sub: Subscription) -> PassStats:
+    """One call of ``sub.batch_handler`` for ``rows`` (not atomic), then one
+    compare-and-set for the successful ones and a recorded failure for each other."""
+    stats = PassStats()
+    prepared = _prepare_all(ex, taken, rows, messages, stats)
+    if not prepared or sub.batch_handler is None:
+        return stats
+    stop: BaseException | None = None
+    try:
+        results = list(sub.batch_handler([p.delivery for p in prepared]))
+        if len(results) != len(prepared):
+            raise IntegrationEventsError(
+                f"batch handler {sub.dotted_path} reported {len(results)} outcomes for "
+                f"{len(prepared)} deliveries")
+    except NOT_THE_ROWS_FAULT:
+        raise
+    except BaseException as exc:
+        results = [exc] * len(prepared)
+        stop = exc if isinstance(exc, ex.stop_exceptions) else None
+    succeeded = [p.row for p, error in zip(prepared, results, strict=True) if error is None]
+    if succeeded:
+        # Not atomic: each row still held is completed; a row whose lease was lost meanwhile
+        # belongs to another worker now.
+        done = ex.complete(succeeded, taken.token)
+        stats.count(Outcome.SUCCEEDED, done)
+        stats.count(Outcome.LOST, len(succeeded) - done)
+        taken.done(*succeeded)
+    for item, error in zip(prepared, results, strict=True):
+        if error is not None:
+            stats.count(ex.record(taken, item, error))
+    if stop is not None:
+        raise stop
+    return stats

@@ -1,0 +1,153 @@
+"""Taking rows: the claim transaction, and the claim strategy (the flow-control seam).
+
+A claim takes due rows under a fresh lease token: ``status=processing``, ``lease_until =
+Now() + LEASE_SECONDS`` (database time) and the claimer's name. Rows are chosen with
+``SELECT ... FOR UPDATE SKIP LOCKED`` where the database has it (PostgreSQL, MariaDB 10.6+,
+MySQL 8, SQL Server through mssql-django's READPAST); on SQLite, which has no row locks, the
+claim UPDATE re-checks the status (a compare-and-set) and the single writer serialises
+claimers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol
+
+from django.db import connections, transaction
+from django.db.models import F
+from django.utils.module_loading import import_string
+
+from .conf import IntegrationEventsSettings, get_settings
+from .models import ACTIVE_STATUSES, M, MessageQuerySet, MessageStatus, ReceivedMessage, after
+
+# error_type of a row whose worker stopped renewing its claim: it might kill its worker
+# again, so it is claimed alone and cannot cost its neighbours attempts a second time.
+LEASE_EXPIRED = "LeaseExpired"
+
+
+class ClaimStrategy(Protocol):
+    """How a pass picks and paces the inbox rows it runs (one implementation today,
+    :class:`OldestFirst`; flow control replaces it through ``CLAIM_STRATEGY``).
+
+    Contract:
+    - ``select`` runs inside the claim's transaction and returns the primary keys of at most
+      ``limit`` due rows (``qs.due(status)``) in the order they should run, locked against
+      other claimers (``select_for_update(skip_locked=True)`` when ``skip_locked``). Overdue
+      retries go before new rows. A row whose ``error_type`` is ``LEASE_EXPIRED`` is taken
+      alone (a claim of that one row).
+    - ``admit`` is asked just before each chunk of claimed rows starts (outside any
+      transaction) and returns the rows that may start now; the rest go back unstarted,
+      without losing an attempt.
+    - ``running`` is entered around each handler run of a claimed row.
+    """
+
+    def select(self, qs: MessageQuerySet[Any], limit: int, *, skip_locked: bool) -> list[Any]:
+        ...
+
+    def admit(self, rows: list[ReceivedMessage]) -> list[ReceivedMessage]:
+        ...
+
+    def running(self, row: ReceivedMessage) -> AbstractContextManager[None]:
+        ...
+
+
+class OldestFirst:
+    """Due rows oldest first across all groups: overdue retries, then new rows."""
+
+    def select(self, qs: MessageQuerySet[Any], limit: int, *, skip_locked: bool) -> list[Any]:
+        pks: list[Any] = []
+        # One query per status, each an ordered range of the (status, next_attempt_at) index:
+        # with "status IN (...)" InnoDB sorts, and a locking read that sorts locks every due
+        # row, which would leave nothing for the other claimers to skip to.
+        for status in (MessageStatus.RETRYING, MessageStatus.PENDING):
+            due = qs.due(status)
+            if skip_locked:
+                due = due.select_for_update(skip_locked=True)
+            for pk, kind in due.values_list("pk", "error_type")[: limit - len(pks)]:
+                if kind == LEASE_EXPIRED:
+                    return pks or [pk]
+                pks.append(pk)
+            if len(pks) >= limit:
+                break
+        return pks
+
+    def admit(self, rows: list[ReceivedMessage]) -> list[ReceivedMessage]:
+        return rows
+
+    def running(self, row: ReceivedMessage) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
+_memo: tuple[IntegrationEventsSettings, ClaimStrategy] | None = None
+
+
+def get_strategy() -> ClaimStrategy:
+    """The CLAIM_STRATEGY of the settings, instantiated once per settings object."""
+    global _memo
+    settings = get_settings()
+    if _memo is None or _memo[0] is not settings:
+        _memo = (settings, import_string(settings.CLAIM_STRATEGY)())
+    return _memo[1]
+
+
+@dataclass
+class Claim(Generic[M]):
+    """Rows taken under one lease token, and which of them are finished."""
+
+    model: type[M]
+    using: str
+    token: uuid.UUID
+    rows: list[M]
+    finished: set[Any] = field(default_factory=set)
+
+    def __iter__(self) -> Iterator[M]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def done(self, *rows: M) -> None:
+        self.finished.update(r.pk for r in rows)
+
+    def unstarted(self) -> list[M]:
+        return [r for r in self.rows if r.pk not in self.finished]
+
+    def hand_back_unstarted(self) -> int:
+        """Return every row not marked done, at once and without using an attempt."""
+        rows = self.unstarted()
+        if not rows:
+            return 0
+        self.done(*rows)
+        return self.model.objects.using(self.using).hand_back([r.pk for r in rows], self.token)
+
+
+def claim(model: type[M], using: str, limit: int, claimer: str, strategy: ClaimStrategy, *,
+          count_attempt: bool) -> Claim[M]:
+    """Take up to ``limit`` due rows of ``model`` under a fresh lease token.
+
+    ``count_attempt`` counts the attempt in the claim itself (dispatch); execution counts it
+    just before each handler runs instead, so rows handed back unstarted lose nothing."""
+    token = uuid.uuid4()
+    manager: Any = model.objects.using(using)
+    skip_locked = connections[using].features.has_select_for_update_skip_locked
+    with transaction.atomic(using=using):
+        pks = strategy.select(manager.all(), limit, skip_locked=skip_locked)
+        if not pks:
+            return Claim(model, using, token, [])
+        changes: dict[str, Any] = {
+            "status": MessageStatus.PROCESSING,
+            "lease_token": token,
+            "lease_until": after(get_settings().LEASE_SECONDS),
+            "claimed_by": claimer,
+        }
+        if count_attempt:
+            changes["attempts"] = F("attempts") + 1
+        # The status condition makes this a compare-and-set where rows are not locked.
+        manager.filter(pk__in=pks, status__in=ACTIVE_STATUSES).update(**changes)
+    position = {pk: i for i, pk in enumerate(pks)}
+    held: list[M] = list(manager.held(token).filter(pk__in=pks))
+    rows = sorted(held, key=lambda r: position[r.pk])
+    return Claim(model, using, token, rows)

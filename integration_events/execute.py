@@ -1,0 +1,245 @@
+"""Execution: run the handlers of claimed inbox rows and record each outcome.
+
+A pass claims due rows (through the claim strategy), then runs them in units:
+- first attempts of atomic handlers, up to EXECUTE_BATCH_SIZE to a transaction
+  (:mod:`integration_events.batches`), their attempts counted in one UPDATE first;
+- batch handlers (run-time groups such as broker bridges), a batch per group;
+- everything else (retries, non-atomic handlers, rows back from an expired lease) one at a
+  time, each in its own transaction with its own attempt count, so a handler that kills its
+  worker cannot use up its neighbours' attempts again.
+
+The poison rule: anything raised while preparing one row (its headers, its context, its
+event) is recorded against that row, which retries or fails by the normal rules; a
+ValidationError or corrupt content fails it at once. Database errors and a lost lease are
+not the row's fault and propagate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
+from typing import Any
+
+from django.db import connections, transaction
+
+from .batches import run_atomic_chunk, run_batch_handler
+from .claims import Claim, ClaimStrategy, claim
+from .conf import get_settings
+from .context import current_context
+from .delivery import Prepared, bind_on_commit, build_delivery
+from .exceptions import LeaseLost
+from .failures import Failures, log_fields
+from .instrumentation import Hooks
+from .leases import LeaseKeeper
+from .models import PublishedMessage, ReceivedMessage
+from .outcomes import Outcome, PassStats
+from .registry import ExecutionMode, get_subscription, unknown_topic_retry
+from .rules import NOT_THE_ROWS_FAULT, STOP_EXCEPTIONS
+from .signals import message_succeeded
+
+logger = logging.getLogger("integration_events")
+
+
+class Executor:
+    """One execution pass on one database alias."""
+
+    def __init__(self, using: str, claimer: str, strategy: ClaimStrategy, failures: Failures,
+                 hooks: Hooks, keeper: LeaseKeeper | None = None,
+                 stop_exceptions: tuple[type[BaseException], ...] = STOP_EXCEPTIONS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.using = using
+        self.claimer = claimer
+        self.strategy = strategy
+        self.failures = failures
+        self.hooks = hooks
+        self.keeper = keeper
+        self.stop_exceptions = stop_exceptions
+        self.clock = clock
+
+    @property
+    def inbox(self) -> Any:
+        return ReceivedMessage.objects.using(self.using)
+
+    # --- the pass -----------------------------------------------------------------------------
+
+    def run(self, limit: int, until: float = float("inf")) -> tuple[PassStats, bool]:
+        """Claim up to ``limit`` due rows and run them; no handler starts after ``until``
+        (``clock()`` time), and what did not start goes back at once. Returns the stats and
+        whether the claim came back full."""
+        stats = PassStats()
+        taken = claim(ReceivedMessage, self.using, limit, self.claimer, self.strategy,
+                      count_attempt=False)
+        if not taken:
+            return stats, False
+        messages = PublishedMessage.objects.using(self.using).in_bulk(
+            {row.message_id for row in taken})
+        try:
+            with self._holding(taken.token):
+                for unit in self.plan(taken):
+                    if self.clock() > until:
+                        break
+                    rows = self.strategy.admit(unit)
+                    stats.add(self.run_unit(taken, rows, messages))
+        finally:
+            # Not started (budget spent, not admitted, or a stop exception): back at once.
+            self._hand_back_quietly(taken)
+        return stats, len(taken) >= limit
+
+    def plan(self, taken: Claim[ReceivedMessage]) -> Iterator[list[ReceivedMessage]]:
+        """The units of a claim: chunks of fresh atomic rows, a batch per batch-handler group,
+        then every other row alone."""
+        size = get_settings().EXECUTE_BATCH_SIZE
+        chunkable: list[ReceivedMessage] = []
+        batches: dict[str, list[ReceivedMessage]] = {}
+        singles: list[ReceivedMessage] = []
+        for row in taken:
+            sub = get_subscription(row.topic, row.group)
+            mode = sub.mode if sub is not None else None
+            if mode is ExecutionMode.BATCH:
+                batches.setdefault(row.group, []).append(row)
+            elif mode is ExecutionMode.ATOMIC and row.attempts == 0 and size > 1:
+                chunkable.append(row)
+            else:
+                singles.append(row)
+        for rows in (chunkable, *batches.values()):
+            for start in range(0, len(rows), size):
+                yield rows[start:start + size]
+        for row in singles:
+            yield [row]
+
+    def run_unit(self, taken: Claim[ReceivedMessage], rows: list[ReceivedMessage],
+                 messages: dict[Any, PublishedMessage]) -> PassStats:
+        if not rows:
+            return PassStats()
+        sub = get_subscription(rows[0].topic, rows[0].group)
+        if sub is not None and sub.mode is ExecutionMode.BATCH:
+            return run_batch_handler(self, taken, rows, messages, sub)
+        if len(rows) > 1:
+            return run_atomic_chunk(self, taken, rows, messages)
+        stats = PassStats()
+        stats.count(self.run_single(taken, rows[0], messages.get(rows[0].message_id)))
+        return stats
+
+    # --- shared steps -------------------------------------------------------------------------
+
+    def count_attempts(self, taken: Claim[ReceivedMessage], rows: list[ReceivedMessage]
+                       ) -> tuple[list[ReceivedMessage], int]:
+        """Count an attempt on each row still held (one committed UPDATE before any handler
+        runs). Returns the rows counted and how many were lost meanwhile (marked done)."""
+        pks = [r.pk for r in rows]
+        if self.inbox.count_attempt(pks, taken.token) == len(pks):
+            held = set(pks)
+        else:  # some lease was lost meanwhile (rare): find out which rows are still ours
+            held = set(self.inbox.held(taken.token).filter(pk__in=pks)
+                       .values_list("pk", flat=True))
+        counted: list[ReceivedMessage] = []
+        for row in rows:
+            if row.pk in held:
+                row.attempts += 1
+                counted.append(row)
+            else:
+                logger.warning("lease lost before start %s", log_fields(row))
+                taken.done(row)
+        return counted, len(rows) - len(counted)
+
+    def prepare(self, taken: Claim[ReceivedMessage], row: ReceivedMessage,
+                message: PublishedMessage | None) -> Prepared | Outcome:
+        """The row ready to run, or the outcome of recording why it cannot run."""
+        try:
+            return build_delivery(row, message)
+        except NOT_THE_ROWS_FAULT:
+            raise
+        except Exception as exc:
+            sub = get_subscription(row.topic, row.group)
+            retry = sub.retry if sub is not None else unknown_topic_retry()
+            taken.done(row)
+            return self.failures.record(row, taken.token, exc, retry)
+
+    def call(self, prepared: Prepared) -> None:
+        """Run one handler in its message's context; its on-commit callbacks keep it."""
+        delivery, sub = prepared.delivery, prepared.sub
+        start = len(connections[self.using].run_on_commit)
+        reset = current_context.set(delivery.context)
+        try:
+            with self.strategy.running(delivery.row), self.hooks.attempt(delivery):
+                if sub.wants_context:
+                    sub.handler(delivery.event, delivery.context)
+                else:
+                    sub.handler(delivery.event)
+        finally:
+            bind_on_commit(self.using, start)
+            current_context.reset(reset)
+
+    def complete(self, rows: list[ReceivedMessage], token: uuid.UUID) -> int:
+        """Finish ``rows`` as succeeded where ``token`` still holds them (compare-and-set);
+        returns how many. The signal fires after commit."""
+        done = self.inbox.succeed([r.pk for r in rows], token, get_settings().SUCCEEDED_EXPIRY)
+        transaction.on_commit(partial(_announce_succeeded, tuple(rows)), using=self.using)
+        if self.hooks.active:
+            for row in rows:
+                self.hooks.outcome(row, Outcome.SUCCEEDED, None)
+        return int(done)
+
+    def succeed(self, rows: list[ReceivedMessage], token: uuid.UUID) -> None:
+        """Complete all of ``rows`` or raise LeaseLost (inside a transaction: rolled back)."""
+        done = self.complete(rows, token)
+        if done != len(rows):
+            raise LeaseLost(f"{len(rows) - done} of {len(rows)} rows")
+
+    def record(self, taken: Claim[ReceivedMessage], prepared: Prepared, exc: BaseException
+               ) -> Outcome:
+        taken.done(prepared.row)
+        return self.failures.record(prepared.row, taken.token, exc, prepared.sub.retry)
+
+    # --- one row ------------------------------------------------------------------------------
+
+    def run_single(self, taken: Claim[ReceivedMessage], row: ReceivedMessage,
+                   message: PublishedMessage | None, *, counted: bool = False) -> Outcome:
+        """Run one row in its own transaction (atomic handlers) or none (plain ones)."""
+        if not counted and self.count_attempts(taken, [row])[1]:
+            return Outcome.LOST
+        prepared = self.prepare(taken, row, message)
+        if isinstance(prepared, Outcome):
+            return prepared
+        taken.done(row)
+        try:
+            if prepared.sub.mode is ExecutionMode.ATOMIC:
+                with transaction.atomic(using=self.using):
+                    self.call(prepared)
+                    self.succeed([row], taken.token)
+            else:
+                self.call(prepared)
+                self.succeed([row], taken.token)
+        except LeaseLost:
+            logger.warning("lease lost; outcome discarded %s", log_fields(row))
+            return Outcome.LOST
+        except BaseException as exc:
+            outcome = self.record(taken, prepared, exc)
+            if isinstance(exc, self.stop_exceptions):
+                raise
+            return outcome
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("message succeeded %s", log_fields(row))
+        return Outcome.SUCCEEDED
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _holding(self, token: uuid.UUID) -> AbstractContextManager[None]:
+        return self.keeper.holding(token) if self.keeper is not None else nullcontext()
+
+    @staticmethod
+    def _hand_back_quietly(taken: Claim[ReceivedMessage]) -> None:
+        try:
+            taken.hand_back_unstarted()
+        except Exception:
+            logger.warning("could not hand back unstarted rows; their lease will expire",
+                           exc_info=True)
+
+
+def _announce_succeeded(rows: tuple[ReceivedMessage, ...]) -> None:
+    for row in rows:
+        message_succeeded.send(sender=ReceivedMessage, message=row)

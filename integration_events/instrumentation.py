@@ -1,0 +1,103 @@
+"""Instrumentation hooks around publish, dispatch and each attempt (the tracing seam).
+
+Subclass :class:`Instrumentation`, override the hooks you need, and list the class in
+``INTEGRATION_EVENTS["INSTRUMENTATION"]`` (dotted paths; instantiated once per settings).
+Every hook runs in the process and thread that does the work: ``publish`` in the publisher's
+request, the others in the worker. With none configured the engine skips the hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+from django.utils.module_loading import import_string
+
+from .conf import IntegrationEventsSettings, get_settings
+
+if TYPE_CHECKING:
+    from .context import Delivery
+    from .models import MessageBase, PublishedMessage
+    from .outcomes import Outcome
+
+
+class Instrumentation:
+    """Hooks with no effect; override any of them.
+
+    Contract: hooks must be cheap and must not raise, except ``attempt``'s enter, where an
+    exception fails the attempt exactly as if the handler had raised it.
+    """
+
+    def publish(self, message: PublishedMessage, event: Any) -> AbstractContextManager[None]:
+        """Around storing one published message. ``message.headers`` may still be changed
+        (e.g. to add ``traceparent``): the row is written inside this context."""
+        return nullcontext()
+
+    def dispatch(self, message: PublishedMessage, groups: Sequence[str]
+                 ) -> AbstractContextManager[None]:
+        """Around fanning one message out to ``groups`` (empty: nobody subscribes)."""
+        return nullcontext()
+
+    def attempt(self, delivery: Delivery) -> AbstractContextManager[None]:
+        """Around one handler run (``delivery.context.attempt`` is the attempt number). The
+        handler's exception, if any, passes through this context's exit."""
+        return nullcontext()
+
+    def outcome(self, row: MessageBase, outcome: Outcome, error: BaseException | None) -> None:
+        """After an outcome was written for ``row`` (before its transaction commits)."""
+
+
+class Hooks:
+    """The configured instrumentations, called together (in order; exits in reverse)."""
+
+    def __init__(self, instruments: Sequence[Instrumentation] = ()) -> None:
+        self.instruments = tuple(instruments)
+        self.active = bool(self.instruments)
+
+    def publish(self, message: PublishedMessage, event: Any) -> AbstractContextManager[None]:
+        if not self.active:
+            return nullcontext()
+        return self._all(i.publish(message, event) for i in self.instruments)
+
+    def dispatch(self, message: PublishedMessage, groups: Sequence[str]
+                 ) -> AbstractContextManager[None]:
+        if not self.active:
+            return nullcontext()
+        return self._all(i.dispatch(message, groups) for i in self.instruments)
+
+    def attempt(self, delivery: Delivery) -> AbstractContextManager[None]:
+        if not self.active:
+            return nullcontext()
+        return self._all(i.attempt(delivery) for i in self.instruments)
+
+    def outcome(self, row: MessageBase, outcome: Outcome, error: BaseException | None) -> None:
+        for instrument in self.instruments:
+            instrument.outcome(row, outcome, error)
+
+    @staticmethod
+    @contextmanager
+    def _all(contexts: Any) -> Iterator[None]:
+        with ExitStack() as stack:
+            for context in contexts:
+                stack.enter_context(context)
+            yield
+
+
+_memo: tuple[IntegrationEventsSettings, Hooks] | None = None
+
+
+def get_hooks() -> Hooks:
+    """The hooks of INTEGRATION_EVENTS["INSTRUMENTATION"], built once per settings object."""
+    global _memo
+    settings = get_settings()
+    if _memo is None or _memo[0] is not settings:
+        instruments = [_load(item) for item in settings.INSTRUMENTATION]
+        _memo = (settings, Hooks(instruments))
+    return _memo[1]
+
+
+def _load(item: Any) -> Instrumentation:
+    target = import_string(item) if isinstance(item, str) else item
+    instance = target() if isinstance(target, type) else target
+    return instance

@@ -1,0 +1,99 @@
+"""The sweep (every minute): release expired claims and delete expired finished rows."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.db.models.functions import Now
+
+from .conf import get_settings
+from .exceptions import LeaseExpired
+from .failures import Failures, log_fields
+from .models import MessageBase, MessageStatus, PublishedMessage, ReceivedMessage
+from .registry import default_retry, get_subscription, unknown_topic_retry
+from .retry import Decision, GiveUp, Retry, RetryStrategy
+
+logger = logging.getLogger("integration_events")
+
+
+class Sweeper:
+    """Recovery and cleanup on one database alias."""
+
+    def __init__(self, using: str, failures: Failures) -> None:
+        self.using = using
+        self.failures = failures
+
+    def release_expired(self, model: type[MessageBase]) -> tuple[int, int]:
+        """Rows whose lease expired go back to retrying (claimed but never started: without
+        using an attempt), or to failed when their attempts are used up. Returns (released,
+        dead)."""
+        manager = model.objects.using(self.using)
+        outcomes = [self._release(model, row) for row in manager.expired_leases()[:1000]]
+        return outcomes.count("released"), outcomes.count("dead")
+
+    def _release(self, model: type[MessageBase], row: MessageBase) -> str | None:
+        """Release one expired claim; returns "released", "dead", or None if another
+        worker renewed or finished it meanwhile."""
+        manager = model.objects.using(self.using)
+        if row.attempts == 0:
+            # Claimed but never started: nothing to count against it.
+            changes: dict[str, Any] = {"status": MessageStatus.RETRYING,
+                                       "next_attempt_at": Now()}
+            decision: Decision = Retry(0.0)
+        else:
+            error = LeaseExpired(
+                f"the worker that took attempt {row.attempts} stopped renewing its claim "
+                "(killed, crashed, or hung past the task timeout)")
+            changes, decision = self.failures.changes(row, error, self._retry(row))
+        final = isinstance(decision, GiveUp)
+        with transaction.atomic(using=self.using):
+            # Compare-and-set: only if nobody renewed or finished it meanwhile.
+            moved = manager.expired_leases().filter(pk=row.pk, lease_token=row.lease_token) \
+                .update(lease_token=None, lease_until=None, **changes)
+            if moved and row.attempts:
+                self.failures.announce(row, changes["last_error"], decision)
+        if not moved:
+            return None
+        logger.warning("lease expired %s final=%s", log_fields(row), final)
+        return "dead" if final else "released"
+
+    @staticmethod
+    def _retry(row: MessageBase) -> RetryStrategy:
+        if isinstance(row, ReceivedMessage):
+            sub = get_subscription(row.topic, row.group)
+            return sub.retry if sub is not None else unknown_topic_retry()
+        return default_retry()
+
+    def delete_expired(self, model: type[MessageBase], *extra: Any) -> int:
+        """Delete finished rows past their expiry, CLEANUP_BATCH_SIZE at a time. The DELETE
+        repeats the status and expiry condition, so a row an operator requeued after the
+        SELECT is left alone."""
+        deleted = 0
+        batch = get_settings().CLEANUP_BATCH_SIZE
+        manager = model.objects.using(self.using)
+        while True:
+            expired = manager.expired_terminal().filter(*extra)
+            pks = list(expired.values_list("pk", flat=True)[:batch])
+            if not pks:
+                return deleted
+            # _raw_delete: no cascade collection (receipts are deleted first, by their own
+            # expiry, and published rows with receipts left are excluded by ``extra``). The
+            # pk list is literal values, not a subquery on the same table (MariaDB refuses
+            # those in a DELETE, error 1093).
+            deleted += manager.expired_terminal().filter(*extra, pk__in=pks) \
+                ._raw_delete(self.using)
+            if len(pks) < batch:
+                return deleted
+
+    def delete_all_expired(self) -> tuple[int, int]:
+        """Expired receipts first, then expired published messages with no receipt left.
+        Returns (published deleted, received deleted)."""
+        received = self.delete_expired(ReceivedMessage)
+        # NOT EXISTS per candidate row (an index probe on the receipts' message_id), not a
+        # NOT IN over every receipt in the table.
+        published = self.delete_expired(
+            PublishedMessage, ~Exists(ReceivedMessage.objects.filter(message_id=OuterRef("pk"))))
+        return published, received
