@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
@@ -63,3 +66,38 @@ def test_callback_path_that_does_not_import() -> None:
     s = build_settings({"FAILED_THRESHOLD_CALLBACK": "nowhere.to.be.found"})
     with pytest.raises(ImproperlyConfigured, match="cannot import"):
         s.failed_threshold_callback()
+
+
+# Issue 9 item 4: values the type checker accepts that crash the engine at run time
+# (timedelta overflow in a claim or an expiry, an IN list no database takes, a nudge window
+# that math.ceil cannot turn into a cache timeout).
+RUN_TIME_CRASHES = [
+    ("LEASE_SECONDS", math.inf),
+    ("LEASE_SECONDS", 0),
+    ("LEASE_SECONDS", 1e12),
+    ("SUCCEEDED_EXPIRY", math.inf),
+    ("SUCCEEDED_EXPIRY", 1e12),
+    ("FAILED_EXPIRY", math.inf),
+    ("FAILED_EXPIRY", 1e12),
+    ("RETRY_MAX_DELAY", math.inf),
+    ("RETRY_MAX_DELAY", 1e12),
+    ("CLAIM_BATCH_SIZE", 10**30),
+    ("CLEANUP_BATCH_SIZE", 10**30),
+    ("NUDGE_WINDOW", math.inf),
+]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9.4: accepted today, then crashes the engine")
+@pytest.mark.parametrize(("key", "value"), RUN_TIME_CRASHES)
+def test_values_that_crash_at_run_time_are_rejected(key: str, value: float) -> None:
+    expected = rf"INTEGRATION_EVENTS\['{key}'\] must be .*, got {re.escape(repr(value))}"
+    with pytest.raises(ImproperlyConfigured, match=expected):
+        build_settings({key: value})
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9.4: accepted today (the base is not above the "
+                   "cap), then the first retry overflows")
+@pytest.mark.parametrize("value", [math.inf, 1e12])
+def test_retry_base_delay_is_bounded_even_below_the_cap(value: float) -> None:
+    with pytest.raises(ImproperlyConfigured, match=r"INTEGRATION_EVENTS\['RETRY_BASE_DELAY'\]"):
+        build_settings({"RETRY_BASE_DELAY": value, "RETRY_MAX_DELAY": value})
