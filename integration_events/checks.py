@@ -1,8 +1,12 @@
 """System checks: configuration the engine relies on, and topic mistakes (typos, duplicates,
 mismatched handler annotations) caught before they ship.
 
-Ids: integration_events.E001-E009 / W001-W009 for configuration, E010-E019 / W010-W019 for
-topics and subscribers.
+Ids: integration_events.E001-E009, W001-W009 and E020-E029 for configuration, E010-E019 /
+W010-W019 for topics and subscribers. Hints say what to set (a setting, a key, an option),
+never a file of this repository: they are read by people who installed the wheel.
+
+``manage.py qcluster`` runs the checks before it starts (Django runs them for every command
+that does not opt out), so a configuration error here keeps a cluster from starting with it.
 """
 
 from __future__ import annotations
@@ -14,98 +18,174 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
-from .conf import get_settings, q_cluster_timeout
+from .conf import (
+    SETTING_NAME,
+    IntegrationEventsSettings,
+    QClusterKeys,
+    SettingsError,
+    get_settings,
+    read_q_cluster,
+    resolve_callback,
+)
 
 # {module}.{event} or {module}.{aggregate}.{event}, kebab-case segments.
 TOPIC_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*(\.[a-z][a-z0-9]*(-[a-z0-9]+)*){1,2}$")
 
+RECOMMENDED_Q = "e.g. Q_CLUSTER = {..., 'timeout': 120, 'retry': 180}"
+SQLITE_OPTIONS = ("{'transaction_mode': 'IMMEDIATE', 'timeout': 20, "
+                  "'init_command': 'PRAGMA journal_mode=WAL;'}")
+
 
 @checks.register(checks.Tags.compatibility)
 def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """INTEGRATION_EVENTS, the Q_CLUSTER keys the engine reads, and how they fit together."""
     errors: list[checks.CheckMessage] = []
     try:
-        s = get_settings()
-    except ImproperlyConfigured as exc:
-        return [checks.Error(str(exc), hint="Fix the INTEGRATION_EVENTS setting.",
-                             id="integration_events.E001")]
-
+        s: IntegrationEventsSettings | None = get_settings()
+    except SettingsError as exc:
+        s = None
+        errors += [checks.Error(p.message, hint=p.hint, id="integration_events.E001")
+                   for p in exc.problems]
     if "django_q" not in settings.INSTALLED_APPS:
         errors.append(checks.Error(
             "django_q is not in INSTALLED_APPS: nothing would run the engine.",
             hint="Add 'django_q' to INSTALLED_APPS and start `manage.py qcluster`.",
             id="integration_events.E002",
         ))
-    q = getattr(settings, "Q_CLUSTER", None) or {}
-    timeout = q_cluster_timeout()
-    retry = q.get("retry", 60)
-    if timeout is None:
-        errors.append(checks.Error(
+    try:
+        q: QClusterKeys | None = read_q_cluster()
+    except SettingsError as exc:
+        q = None
+        errors += [_q_cluster_error(p.key, p.message) for p in exc.problems]
+    if q is not None:
+        errors += _q_cluster_timing(q, s)
+    if s is not None:
+        errors += _callback_errors(s) + _nudge_errors(s) + _database_errors(s, q)
+    return errors
+
+
+def _q_cluster_error(key: str, message: str) -> checks.CheckMessage:
+    hints = {
+        "timeout": "Set Q_CLUSTER['timeout'] to a number of seconds below 'retry' "
+        f"({RECOMMENDED_Q}).",
+        "retry": "Set Q_CLUSTER['retry'] to a number of seconds above 'timeout' "
+        f"({RECOMMENDED_Q}), or leave it out for django-q2's 60.",
+        "workers": "Set Q_CLUSTER['workers'] to a whole number of at least 1, or leave it out "
+        "for one per CPU.",
+    }
+    return checks.Error(message, hint=hints.get(key, "Set Q_CLUSTER to a dict."),
+                        id="integration_events.E020")
+
+
+def _q_cluster_timing(
+    q: QClusterKeys, s: IntegrationEventsSettings | None
+) -> list[checks.CheckMessage]:
+    """The cross-setting rule: task budget <= timeout / 2 < timeout < retry."""
+    if q.timeout is None:
+        return [checks.Error(
             "Q_CLUSTER has no 'timeout': a hung handler would hold a worker for ever.",
-            hint="Set Q_CLUSTER['timeout'] (e.g. 300) and a larger 'retry' (e.g. 360).",
+            hint=f"Set Q_CLUSTER['timeout'] and a larger 'retry' ({RECOMMENDED_Q}).",
             id="integration_events.E003",
-        ))
-    elif timeout >= float(retry):
-        errors.append(checks.Error(
-            f"Q_CLUSTER['timeout'] ({timeout:g}) is not below Q_CLUSTER['retry'] ({retry}): "
-            "django-q2 would hand a still-running task to a second worker.",
-            hint="Make 'retry' larger than 'timeout', e.g. timeout=300, retry=360.",
+        )]
+    if q.timeout >= q.retry:
+        return [checks.Error(
+            f"Q_CLUSTER['timeout'] ({q.timeout:g}) is not below Q_CLUSTER['retry'] "
+            f"({q.retry:g}): django-q2 would hand a still-running task to a second worker.",
+            hint=f"Make 'retry' larger than 'timeout' ({RECOMMENDED_Q}).",
             id="integration_events.E004",
-        ))
-    elif s.task_time_budget() > timeout / 2:
-        errors.append(checks.Error(
-            f"INTEGRATION_EVENTS['TASK_TIME_BUDGET'] ({s.task_time_budget():g}s) is more than "
-            f"half of Q_CLUSTER['timeout'] ({timeout:g}s): a handler started near the end of a "
-            "task would be killed by django-q2's timeout.",
-            hint="Lower TASK_TIME_BUDGET or raise Q_CLUSTER['timeout'].",
+        )]
+    if s is not None and s.task_time_budget() > q.timeout / 2:
+        return [checks.Error(
+            f"{SETTING_NAME}['TASK_TIME_BUDGET'] ({s.task_time_budget():g}s) is more than "
+            f"half of Q_CLUSTER['timeout'] ({q.timeout:g}s): a handler started near the end of "
+            "a task would be killed by django-q2's timeout.",
+            hint=f"Set {SETTING_NAME}['TASK_TIME_BUDGET'] to at most {q.timeout / 2:g} (or leave "
+            "it out for a quarter of the timeout), or raise Q_CLUSTER['timeout'].",
             id="integration_events.E005",
-        ))
+        )]
+    return []
+
+
+def _callback_errors(s: IntegrationEventsSettings) -> list[checks.CheckMessage]:
+    """Import a dotted FAILED_THRESHOLD_CALLBACK now, not at the first dead letter."""
+    if not isinstance(s.FAILED_THRESHOLD_CALLBACK, str):
+        return []
+    try:
+        resolve_callback(s.FAILED_THRESHOLD_CALLBACK)
+    except ImproperlyConfigured as exc:
+        return [checks.Error(
+            str(exc),
+            hint=f"Set {SETTING_NAME}['FAILED_THRESHOLD_CALLBACK'] to the dotted path of a "
+            "function that takes the failed message, e.g. 'myapp.alerts.on_dead_letter', and "
+            "make sure its module imports (or set it to None).",
+            id="integration_events.E021",
+        )]
+    return []
+
+
+def _nudge_errors(s: IntegrationEventsSettings) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
     if s.IDLE_LINGER < s.NUDGE_WINDOW:
         errors.append(checks.Error(
             f"IDLE_LINGER ({s.IDLE_LINGER:g}) is shorter than NUDGE_WINDOW "
             f"({s.NUDGE_WINDOW:g}): an event published just after a nudge could wait for the "
             "next sweep.",
-            hint="Keep IDLE_LINGER >= NUDGE_WINDOW.",
+            hint=f"Set {SETTING_NAME}['IDLE_LINGER'] to at least NUDGE_WINDOW "
+            f"({s.NUDGE_WINDOW:g}), or lower NUDGE_WINDOW.",
             id="integration_events.E006",
         ))
-    for alias in s.DATABASES:
-        if alias not in settings.DATABASES:
-            errors.append(checks.Error(
-                f"INTEGRATION_EVENTS['DATABASES'] names {alias!r}, which is not in DATABASES.",
-                id="integration_events.E007",
-            ))
-    cache_conf = getattr(settings, "CACHES", {}).get(s.NUDGE_CACHE)
+    caches = getattr(settings, "CACHES", {})
+    cache_conf = caches.get(s.NUDGE_CACHE)
     if s.NUDGE and cache_conf is None:
         errors.append(checks.Error(
-            f"INTEGRATION_EVENTS['NUDGE_CACHE'] is {s.NUDGE_CACHE!r}, not a configured cache.",
+            f"{SETTING_NAME}['NUDGE_CACHE'] is {s.NUDGE_CACHE!r}, not a configured cache.",
+            hint=f"Add a cache named {s.NUDGE_CACHE!r} to CACHES, or set "
+            f"{SETTING_NAME}['NUDGE_CACHE'] to one of: {', '.join(map(repr, caches)) or '-'}.",
             id="integration_events.E008",
         ))
     elif s.NUDGE and cache_conf and cache_conf.get("BACKEND", "").endswith("DummyCache"):
         errors.append(checks.Error(
             "The nudge cache is a DummyCache: nudges could not be coalesced and every publish "
             "would enqueue its own django-q2 task.",
-            hint="Use a real cache (LocMem, file, Redis, database) for NUDGE_CACHE.",
+            hint=f"Point {SETTING_NAME}['NUDGE_CACHE'] at a real cache (LocMem, file, Redis, "
+            "database).",
             id="integration_events.E009",
         ))
+    return errors
+
+
+def _database_errors(
+    s: IntegrationEventsSettings, q: QClusterKeys | None
+) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
     for alias in s.DATABASES:
-        db = settings.DATABASES.get(alias, {})
+        db = settings.DATABASES.get(alias)
+        if db is None:
+            errors.append(checks.Error(
+                f"{SETTING_NAME}['DATABASES'] names {alias!r}, which is not in DATABASES.",
+                hint=f"Add {alias!r} to DATABASES, or remove it from "
+                f"{SETTING_NAME}['DATABASES'].",
+                id="integration_events.E007",
+            ))
+            continue
         if not db.get("ENGINE", "").endswith("sqlite3"):
             continue
-        workers = q.get("workers")
-        if workers is not None and int(workers) > 2:
+        if q is not None and q.workers is not None and q.workers > 2:
             errors.append(checks.Warning(
-                f"Database {alias!r} is SQLite and Q_CLUSTER['workers'] is {workers}: SQLite has "
-                "one writer at a time, so more workers mostly wait and can make publishers in "
-                "web requests wait for the lock.",
-                hint="Use 1 or 2 workers with SQLite, or PostgreSQL/MariaDB for more.",
+                f"Database {alias!r} is SQLite and Q_CLUSTER['workers'] is {q.workers}: SQLite "
+                "has one writer at a time, so more workers mostly wait and can make publishers "
+                "in web requests wait for the lock.",
+                hint="Set Q_CLUSTER['workers'] to 1 or 2 with SQLite, or use PostgreSQL or "
+                "MariaDB for more.",
                 id="integration_events.W001",
             ))
-        options = db.get("OPTIONS", {})
-        if options.get("transaction_mode") != "IMMEDIATE":
+        if db.get("OPTIONS", {}).get("transaction_mode") != "IMMEDIATE":
             errors.append(checks.Warning(
                 f"SQLite database {alias!r} does not use transaction_mode='IMMEDIATE': "
                 "concurrent writers can fail at once with 'database is locked'.",
-                hint="OPTIONS={'transaction_mode': 'IMMEDIATE', 'timeout': 20, "
-                "'init_command': 'PRAGMA journal_mode=WAL;'} (see docs/databases.md).",
+                hint=f"Set DATABASES[{alias!r}]['OPTIONS'] = {SQLITE_OPTIONS} (Django 5.1+): "
+                "writers then queue for the lock instead of failing, and readers do not block "
+                "them.",
                 id="integration_events.W002",
             ))
     return errors
