@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -36,6 +38,7 @@ from tests.eventapp.events import ProbeHappened
 from tests.eventapp.models import Delivery
 from tests.eventapp.topics import ProbeTopics
 
+ROOT = Path(__file__).resolve().parent.parent
 MESSAGE_ID = "00000000-0000-0000-0000-000000000001"
 
 
@@ -294,6 +297,31 @@ def test_reloading_a_module_replaces_its_handlers_in_place(tmp_path: Path,
     finally:
         forget_domain_handler(module.one)
         sys.modules.pop("reloaded_handlers", None)
+
+
+def test_handlers_in_subscribers_modules_are_autodiscovered_at_startup() -> None:
+    """A fresh process that imports no subscribers module itself finds the samples'
+    domain handlers, in the order of their definition."""
+    script = textwrap.dedent("""\
+        import django
+        django.setup()
+        from integration_events.domain import all_domain_handlers
+        for h in all_domain_handlers():
+            print(h.event_type.__module__, h.event_type.__qualname__, h.dotted_path)
+        """)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings",
+           "IE_VAR_DIR": os.environ.get("IE_VAR_DIR", str(ROOT / "var"))}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "equipment.domain_events EquipmentStatusSet " \
+        "equipment.subscribers.count_status_change" in lines
+    status = [line.split()[2] for line in lines if " EquipmentStatusSet " in line]
+    assert status == ["equipment.subscribers.count_status_change",
+                      "equipment.subscribers.announce_status_change"]
+    apps_with_handlers = {line.split(".")[0] for line in lines}
+    assert apps_with_handlers == {"accounts", "equipment", "files"}
 
 
 # --- system checks ------------------------------------------------------------------------
