@@ -13,6 +13,7 @@ time instead (raise_event() and publish() refuse the wrong kind).
 from __future__ import annotations
 
 import ast
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,16 +116,19 @@ def _own_apps(app_configs: Any) -> list[AppConfig]:
 
 
 def _modules_of(config: AppConfig) -> Iterator[tuple[Path, str, bool]]:
+    """The app's Python modules, without migrations, caches and hidden directories (which
+    are not even walked: an app at the project root may hold a virtualenv)."""
     root = Path(config.path)
-    for path in sorted(root.rglob("*.py")):
-        parts = path.relative_to(root).with_suffix("").parts
-        if "migrations" in parts or "__pycache__" in parts or any(p.startswith(".")
-                                                                  for p in parts):
-            continue
-        is_package = parts[-1] == "__init__"
-        if is_package:
-            parts = parts[:-1]
-        yield path, ".".join((config.name, *parts)), is_package
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and d not in ("migrations", "__pycache__", "node_modules"))
+        for name in sorted(n for n in names if n.endswith(".py")):
+            path = Path(folder) / name
+            parts = path.relative_to(root).with_suffix("").parts
+            is_package = parts[-1] == "__init__"
+            if is_package:
+                parts = parts[:-1]
+            yield path, ".".join((config.name, *parts)), is_package
 
 
 def _check_module(config: AppConfig, path: Path, module_name: str,

@@ -392,6 +392,8 @@ def test_call_sites_with_the_wrong_kind_or_another_apps_event_are_errors(tmp_pat
     (package / "services.py").write_text(BAD_CALLS)
     (package / "migrations").mkdir()
     (package / "migrations" / "0001_initial.py").write_text(BAD_CALLS)  # not read
+    (package / ".venv").mkdir()
+    (package / ".venv" / "lib.py").write_text(BAD_CALLS)  # not even walked
     config = SimpleNamespace(name="otherapp", label="otherapp", path=str(package))
     errors = check_event_call_sites(app_configs=[config])
     assert [(e.id, e.msg.split(" (")[1].split(")")[0]) for e in errors] == [
