@@ -142,8 +142,11 @@ def ruff(project: Path, *paths: Path) -> None:
 
 
 def run_python(project: Path, code: str) -> str:
+    # SQLite in the project's directory: a block that opens a transaction needs a database
+    # that exists, whatever IE_DB the suite runs with.
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "gen_settings",
-           "PYTHONPATH": f"{project}{os.pathsep}{ROOT}", "IE_VAR_DIR": str(project / "var")}
+           "PYTHONPATH": f"{project}{os.pathsep}{ROOT}", "IE_VAR_DIR": str(project / "var"),
+           "IE_DB": "sqlite", "IE_SQLITE_PATH": str(project / "db.sqlite3")}
     script = "import django\ndjango.setup()\n" + textwrap.dedent(code)
     result = subprocess.run([PYTHON, "-c", script], cwd=project, env=env, capture_output=True,
                             text=True, timeout=120)
