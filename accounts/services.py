@@ -1,5 +1,8 @@
 """The commands of the accounts context. Each changes state and publishes its event in one
-transaction, so the event exists if and only if the change committed."""
+transaction, so the event exists if and only if the change committed.
+
+Registration raises the domain event UserSignedUp: its handlers (``subscribers.py``) create
+the profile and publish UserRegistered in the same transaction."""
 
 from __future__ import annotations
 
@@ -9,10 +12,10 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from integration_events import publish
+from integration_events import publish, raise_event
 
-from .events import UserDeleted, UserRegistered
-from .models import Profile
+from .domain_events import UserSignedUp
+from .events import UserDeleted
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -39,20 +42,18 @@ def register_user(
 
 
 def save_new_user(user: User, *, display_name: str = "") -> User:
-    """Save a user built elsewhere (the admin's add form), create its profile and publish
-    UserRegistered, all in one transaction."""
+    """Save a user built elsewhere (the admin's add form) and raise UserSignedUp, whose
+    handlers create the profile and publish UserRegistered, all in one transaction."""
     if user.pk is not None:
         raise AccountsError(f"user {user.pk} is already registered")
     with transaction.atomic():
         user.save()
-        profile = Profile.objects.create(
-            user=user, display_name=display_name or user.get_username()
-        )
-        publish(UserRegistered(
+        raise_event(UserSignedUp(
             user_id=user.pk,
+            username=user.get_username(),
             email=user.email,
-            display_name=profile.display_name,
-            registered_at=profile.registered_at,
+            display_name=display_name or user.get_username(),
+            registered_at=timezone.now(),
         ))
     return user
 

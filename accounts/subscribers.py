@@ -1,4 +1,6 @@
-"""accounts' handlers: it follows check-outs and check-ins to know what each user holds."""
+"""accounts' handlers: its domain event (a new user gets a profile and UserRegistered is
+published), and the equipment context's check-outs and check-ins, to know what each user
+holds."""
 
 from __future__ import annotations
 
@@ -7,11 +9,33 @@ from uuid import UUID
 
 from equipment.events import EquipmentCheckedIn, EquipmentCheckedOut
 from equipment.topics import EquipmentTopics
-from integration_events import MessageContext, subscriber
+from integration_events import MessageContext, domain_handler, publish, subscriber
 
-from .models import EquipmentHolding
+from .domain_events import UserSignedUp
+from .events import UserRegistered
+from .models import EquipmentHolding, Profile
 
 logger = logging.getLogger("integration_events")
+
+
+# --- domain events: run inside the transaction that saved the user ------------------------
+
+@domain_handler
+def create_profile(event: UserSignedUp) -> None:
+    """Every user has a profile from the moment it exists."""
+    Profile.objects.create(user_id=event.user_id, display_name=event.display_name,
+                           registered_at=event.registered_at)
+
+
+@domain_handler
+def announce_user_registered(event: UserSignedUp) -> None:
+    """Tell the other contexts; the outbox row commits with the user."""
+    publish(UserRegistered(user_id=event.user_id, email=event.email,
+                           display_name=event.display_name,
+                           registered_at=event.registered_at))
+
+
+# --- integration events from the equipment context: delivered after commit ---------------
 
 
 def _record(equipment_id: UUID, user_id: int | None, version: int) -> None:

@@ -12,7 +12,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from . import services
-from .models import Equipment, EquipmentStatus, KnownUser
+from .models import CategoryStock, Equipment, EquipmentStatus, KnownUser
 
 
 class EquipmentActionForm(ActionForm):
@@ -108,4 +108,24 @@ class KnownUserAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: KnownUser | None = None) -> bool:
+        return False
+
+
+@admin.register(CategoryStock)
+class CategoryStockAdmin(admin.ModelAdmin):
+    """Read-only: kept by the domain handlers in the transaction of each change."""
+
+    list_display = ("category", "available", "checked_out", "maintenance", "retired",
+                    "in_service", "updated_at")
+    search_fields = ("category",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest,
+                              obj: CategoryStock | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest,
+                              obj: CategoryStock | None = None) -> bool:
         return False

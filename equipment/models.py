@@ -46,6 +46,33 @@ class Equipment(models.Model):
         return self.name
 
 
+class CategoryStock(models.Model):
+    """How many items of a category are in each status, kept exact by the domain handlers
+    of EquipmentAdded and EquipmentStatusSet in the transaction that changes the equipment.
+
+    A column per EquipmentStatus value (the column names are the values).
+    """
+
+    category = models.CharField(max_length=100, primary_key=True)
+    available = models.IntegerField(default=0)
+    checked_out = models.IntegerField(default=0)
+    maintenance = models.IntegerField(default=0)
+    retired = models.IntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("category",)
+        verbose_name_plural = "category stock"
+
+    def __str__(self) -> str:
+        return self.category
+
+    @property
+    def in_service(self) -> int:
+        """Everything not retired."""
+        return self.available + self.checked_out + self.maintenance
+
+
 class KnownUser(models.Model):
     """A user as the equipment context heard of them (UserRegistered / UserDeleted)."""
 

@@ -1,6 +1,11 @@
 """The commands of the equipment context. Each one locks the equipment row, changes it and
-publishes its events inside one transaction: the events exist if and only if the change
-committed."""
+raises or publishes its events inside one transaction: the events exist if and only if the
+change committed.
+
+Creation and status changes raise domain events (``domain_events.py``); their handlers in
+``subscribers.py`` update the stock per category and publish EquipmentCreated /
+EquipmentStatusChanged, all in this transaction. Check-outs and check-ins publish their
+integration events directly: nothing else inside the context reacts to them."""
 
 from __future__ import annotations
 
@@ -9,14 +14,10 @@ from uuid import UUID
 from django.db import transaction
 from django.utils import timezone
 
-from integration_events import publish
+from integration_events import publish, raise_event
 
-from .events import (
-    EquipmentCheckedIn,
-    EquipmentCheckedOut,
-    EquipmentCreated,
-    EquipmentStatusChanged,
-)
+from .domain_events import EquipmentAdded, EquipmentStatusSet
+from .events import EquipmentCheckedIn, EquipmentCheckedOut
 from .models import Equipment, EquipmentStatus, KnownUser
 
 
@@ -32,22 +33,24 @@ def _locked(equipment_id: UUID) -> Equipment:
 
 
 def _set_status(equipment: Equipment, status: EquipmentStatus, **changes: object) -> str:
-    """Apply a status change and publish EquipmentStatusChanged; returns the old status."""
+    """Apply a status change and raise EquipmentStatusSet; returns the old status."""
     old = equipment.status
     equipment.status = status
     equipment.version += 1
     for field, value in changes.items():
         setattr(equipment, field, value)
     equipment.save(update_fields=["status", "version", "updated_at", *changes])
-    publish(EquipmentStatusChanged(
-        equipment_id=equipment.pk, old_status=old, new_status=status,
-        equipment_version=equipment.version, occurred_at=equipment.updated_at,
+    raise_event(EquipmentStatusSet(
+        equipment_id=equipment.pk, category=equipment.category, old_status=old,
+        new_status=status, equipment_version=equipment.version,
+        occurred_at=equipment.updated_at,
     ))
     return old
 
 
 def create_equipment(*, name: str, category: str, equipment_id: UUID | None = None) -> Equipment:
-    """Add equipment to the inventory (Available) and publish EquipmentCreated."""
+    """Add equipment to the inventory (Available); raises EquipmentAdded, whose handlers
+    count it and publish EquipmentCreated."""
     name, category = name.strip(), category.strip()
     if not name or not category:
         raise EquipmentError("equipment needs a name and a category")
@@ -56,7 +59,7 @@ def create_equipment(*, name: str, category: str, equipment_id: UUID | None = No
         if equipment_id is not None:
             equipment.id = equipment_id
         equipment.save(force_insert=True)
-        publish(EquipmentCreated(
+        raise_event(EquipmentAdded(
             equipment_id=equipment.pk, name=equipment.name, category=equipment.category,
             status=equipment.status, equipment_version=equipment.version,
             occurred_at=equipment.created_at,

@@ -1,5 +1,6 @@
-"""equipment's handlers: notify on new equipment, follow users, hand back a deleted user's
-equipment."""
+"""equipment's handlers: its domain events (keep the stock per category, publish the
+integration events), and the integration events it subscribes to (notify on new equipment,
+follow users, hand back a deleted user's equipment)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,66 @@ import logging
 
 from django.conf import settings
 from django.core.mail import send_mail
+from django.db.models import F
 
 from accounts.events import UserDeleted, UserRegistered
 from accounts.topics import AccountsTopics
-from integration_events import MessageContext, subscriber
+from integration_events import MessageContext, domain_handler, publish, subscriber
 from project.faults import inject_demo_fault
 
 from . import services
-from .events import EquipmentCreated
-from .models import KnownUser
+from .domain_events import EquipmentAdded, EquipmentStatusSet
+from .events import EquipmentCreated, EquipmentStatusChanged
+from .models import CategoryStock, KnownUser
 from .topics import EquipmentTopics
 
 logger = logging.getLogger("integration_events")
+
+
+# --- domain events: run inside the transaction that changed the equipment, in this order ---
+
+def _shift(category: str, **deltas: int) -> None:
+    """Add ``deltas`` to the category's status columns (creating its row at zero first).
+    F() updates lock the row, so concurrent changes of one category add up."""
+    changes = {column: F(column) + delta for column, delta in deltas.items()}
+    if not CategoryStock.objects.filter(category=category).update(**changes):
+        CategoryStock.objects.get_or_create(category=category)
+        CategoryStock.objects.filter(category=category).update(**changes)
+
+
+@domain_handler
+def count_added_equipment(event: EquipmentAdded) -> None:
+    """One more item of its category in its status."""
+    _shift(event.category, **{event.status: 1})
+
+
+@domain_handler
+def announce_equipment_created(event: EquipmentAdded) -> None:
+    """Tell the other contexts; the outbox row commits with the new equipment."""
+    publish(EquipmentCreated(
+        equipment_id=event.equipment_id, name=event.name, category=event.category,
+        status=event.status, equipment_version=event.equipment_version,
+        occurred_at=event.occurred_at,
+    ))
+
+
+@domain_handler
+def count_status_change(event: EquipmentStatusSet) -> None:
+    """Move one item of the category from the old status's column to the new one's."""
+    _shift(event.category, **{event.old_status: -1, event.new_status: 1})
+
+
+@domain_handler
+def announce_status_change(event: EquipmentStatusSet) -> None:
+    """Tell the other contexts; the outbox row commits with the status change."""
+    publish(EquipmentStatusChanged(
+        equipment_id=event.equipment_id, old_status=event.old_status,
+        new_status=event.new_status, equipment_version=event.equipment_version,
+        occurred_at=event.occurred_at,
+    ))
+
+
+# --- integration events from this and other contexts: delivered after commit -------------
 
 
 # atomic=False: sending the mail is this handler's only effect and it writes nothing to the

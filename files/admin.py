@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from . import services
-from .models import StoredFile
+from .models import StorageUsage, StoredFile
 
 
 @admin.register(StoredFile)
@@ -41,3 +41,22 @@ class StoredFileAdmin(admin.ModelAdmin):
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
         services.delete_files(queryset)
+
+
+@admin.register(StorageUsage)
+class StorageUsageAdmin(admin.ModelAdmin):
+    """Read-only: kept by the domain handlers in the transaction of each upload or deletion."""
+
+    list_display = ("owner_id", "file_count", "total_bytes", "updated_at")
+    search_fields = ("=owner_id",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest,
+                              obj: StorageUsage | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest,
+                              obj: StorageUsage | None = None) -> bool:
+        return False

@@ -38,3 +38,22 @@ class StoredFile(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class StorageUsage(models.Model):
+    """How much a user stores, kept exact by the domain handlers of FileAdded and
+    FileRemoved in the transaction that adds or deletes the file. A user who owns nothing
+    has no row."""
+
+    # The accounts context's user id (no foreign key across contexts).
+    owner_id = models.PositiveBigIntegerField(primary_key=True)
+    file_count = models.IntegerField(default=0)
+    total_bytes = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("-total_bytes",)
+        verbose_name_plural = "storage usage"
+
+    def __str__(self) -> str:
+        return f"user {self.owner_id}: {self.file_count} file(s), {self.total_bytes} bytes"

@@ -1,5 +1,9 @@
-"""The commands of the files context. Database rows change and events are published in one
-transaction; stored content is deleted only after that transaction commits."""
+"""The commands of the files context. Database rows change and events are raised or
+published in one transaction; stored content is deleted only after that transaction commits.
+
+Adding and deleting a file raise the domain events FileAdded / FileRemoved: their handlers
+(``subscribers.py``) keep the owner's storage usage and publish FileStored in the same
+transaction."""
 
 from __future__ import annotations
 
@@ -13,9 +17,10 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from integration_events import publish
+from integration_events import publish, raise_event
 
-from .events import FileStored, UserFilesPurged
+from .domain_events import FileAdded, FileRemoved
+from .events import UserFilesPurged
 from .models import FileKind, StoredFile
 
 
@@ -25,8 +30,8 @@ def _delete_content(names: list[str]) -> None:
         default_storage.delete(name)
 
 
-def _publish_stored(stored: StoredFile) -> None:
-    publish(FileStored(
+def _raise_added(stored: StoredFile) -> None:
+    raise_event(FileAdded(
         file_id=stored.pk, kind=stored.kind, name=stored.name, size=stored.size,
         owner_id=stored.owner_id, equipment_id=stored.equipment_id,
         occurred_at=stored.created_at,
@@ -37,14 +42,14 @@ def store_file(
     *, name: str, content: File[bytes] | bytes, owner_id: int | None = None,
     equipment_id: UUID | None = None, kind: FileKind = FileKind.UPLOAD,
 ) -> StoredFile:
-    """Store an uploaded file and publish FileStored."""
+    """Store an uploaded file (FileAdded: its owner's usage grows, FileStored is published)."""
     upload: File[bytes] = ContentFile(content, name=name) if isinstance(content, bytes) else content
     with transaction.atomic():
         stored = StoredFile(name=name, kind=kind, owner_id=owner_id, equipment_id=equipment_id)
         stored.content.save(name, upload, save=False)
         stored.size = stored.content.size
         stored.save(force_insert=True)
-        _publish_stored(stored)
+        _raise_added(stored)
     return stored
 
 
@@ -68,18 +73,21 @@ def generate_file(
             id=uuid.uuid4(), kind=kind, name=name, content=saved, size=len(text.encode()),
             owner_id=owner_id, equipment_id=equipment_id, source_message_id=source_message_id,
         )
-        _publish_stored(stored)
+        _raise_added(stored)
     return stored
 
 
 def delete_files(files: Iterable[StoredFile]) -> int:
-    """Delete files: rows now, content after commit (a rollback keeps both)."""
+    """Delete files: rows now (FileRemoved for each), content after commit (a rollback keeps
+    both)."""
     with transaction.atomic():
         ids = [f.pk for f in files]
-        rows = StoredFile.objects.select_for_update().filter(pk__in=ids)
-        names = [n for n in rows.values_list("content", flat=True) if n]
+        rows = list(StoredFile.objects.select_for_update().filter(pk__in=ids)
+                    .values_list("pk", "owner_id", "size", "content"))
         count, _ = StoredFile.objects.filter(pk__in=ids).delete()
-        transaction.on_commit(partial(_delete_content, names))
+        for pk, owner_id, size, _name in rows:
+            raise_event(FileRemoved(file_id=pk, owner_id=owner_id, size=size))
+        transaction.on_commit(partial(_delete_content, [name for *_, name in rows if name]))
     return count
 
 

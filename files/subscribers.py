@@ -1,20 +1,62 @@
-"""files' handlers: purge a deleted user's files, attach documents to equipment."""
+"""files' handlers: its domain events (keep each owner's storage usage, publish FileStored),
+and other contexts' integration events (purge a deleted user's files, attach documents to
+equipment)."""
 
 from __future__ import annotations
 
 import logging
 
+from django.db.models import F
+
 from accounts.events import UserDeleted
 from accounts.topics import AccountsTopics
 from equipment.events import EquipmentCheckedIn, EquipmentCreated
 from equipment.topics import EquipmentTopics
-from integration_events import MessageContext, subscriber
+from integration_events import MessageContext, domain_handler, publish, subscriber
 from project.faults import inject_demo_fault
 
 from . import services
-from .models import FileKind
+from .domain_events import FileAdded, FileRemoved
+from .events import FileStored
+from .models import FileKind, StorageUsage
 
 logger = logging.getLogger("integration_events")
+
+
+# --- domain events: run inside the transaction that adds or deletes the file --------------
+
+@domain_handler
+def add_to_usage(event: FileAdded) -> None:
+    """The owner stores one more file (generated documents have no owner)."""
+    if event.owner_id is None:
+        return
+    grow = {"file_count": F("file_count") + 1, "total_bytes": F("total_bytes") + event.size}
+    if not StorageUsage.objects.filter(owner_id=event.owner_id).update(**grow):
+        StorageUsage.objects.get_or_create(owner_id=event.owner_id)
+        StorageUsage.objects.filter(owner_id=event.owner_id).update(**grow)
+
+
+@domain_handler
+def announce_file_stored(event: FileAdded) -> None:
+    """Tell the other contexts; the outbox row commits with the file's row."""
+    publish(FileStored(
+        file_id=event.file_id, kind=event.kind, name=event.name, size=event.size,
+        owner_id=event.owner_id, equipment_id=event.equipment_id,
+        occurred_at=event.occurred_at,
+    ))
+
+
+@domain_handler
+def subtract_from_usage(event: FileRemoved) -> None:
+    """The owner stores one file less; a user who owns nothing more has no usage row."""
+    if event.owner_id is None:
+        return
+    usage = StorageUsage.objects.filter(owner_id=event.owner_id)
+    usage.update(file_count=F("file_count") - 1, total_bytes=F("total_bytes") - event.size)
+    usage.filter(file_count__lte=0).delete()
+
+
+# --- integration events from other contexts: delivered after commit -----------------------
 
 
 @subscriber(AccountsTopics.USER_DELETED)

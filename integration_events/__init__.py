@@ -3,6 +3,7 @@
 Public API::
 
     from integration_events import IntegrationEvent, publish, publish_many, subscriber
+    from integration_events import DomainEvent, domain_handler, raise_event
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
+    "DomainEvent",
     "IntegrationEvent",
     "MessageContext",
+    "domain_handler",
     "publish",
     "publish_many",
+    "raise_event",
     "subscriber",
 ]
 
 if TYPE_CHECKING:
+    from .domain import DomainEvent, domain_handler, raise_event
     from .events import IntegrationEvent
     from .publisher import publish, publish_many
     from .registry import MessageContext, subscriber
@@ -38,4 +43,8 @@ def __getattr__(name: str) -> Any:
         from . import registry
 
         return getattr(registry, name)
+    if name in ("DomainEvent", "domain_handler", "raise_event"):
+        from . import domain
+
+        return getattr(domain, name)
     raise AttributeError(f"module 'integration_events' has no attribute {name!r}")

@@ -11,7 +11,7 @@ class IntegrationEventsConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_migrate
 
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import checks, domain_checks  # noqa: F401  (register the system checks)
         from .registry import autodiscover
         from .tasks import connect_cluster_signals, install_schedule
 

@@ -1,7 +1,8 @@
 """System checks: configuration the engine relies on, and topic mistakes (typos, duplicates,
 mismatched handler annotations) caught before they ship.
 
-Ids: integration_events.E001-E009, W001-W009 and E020-E029 for configuration, E010-E019 /
+Ids: integration_events.E001-E009, W001-W009 and E020-E029 for configuration, E030-E039
+for domain events (domain_checks.py), E010-E019 /
 W010-W019 for topics and subscribers. Hints say what to set (a setting, a key, an option),
 never a file of this repository: they are read by people who installed the wheel.
 

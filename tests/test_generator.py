@@ -1,6 +1,6 @@
-"""manage.py add_integration_event, run for real on temporary apps in a subprocess (so the
-generated modules are imported by a fresh Django), then linted with ruff and checked with
-Django's system checks."""
+"""manage.py add_integration_event and add_domain_event, run for real on temporary apps in a
+subprocess (so the generated modules are imported by a fresh Django), then linted with ruff,
+type-checked with mypy and checked with Django's system checks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from integration_events.management.commands.add_integration_event import (
+from integration_events.management.codegen import (
     SourceFile,
     kebab,
     parse_properties,
@@ -129,6 +129,12 @@ def generate(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def generate_domain(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = manage(project, "add_domain_event", *args)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def ruff(project: Path, *paths: Path) -> None:
     result = subprocess.run([str(RUFF), "check", "--no-cache", *map(str, paths)], cwd=project,
                             capture_output=True, text=True, timeout=60)
@@ -136,8 +142,11 @@ def ruff(project: Path, *paths: Path) -> None:
 
 
 def run_python(project: Path, code: str) -> str:
+    # SQLite in the project's directory: a block that opens a transaction needs a database
+    # that exists, whatever IE_DB the suite runs with.
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "gen_settings",
-           "PYTHONPATH": f"{project}{os.pathsep}{ROOT}", "IE_VAR_DIR": str(project / "var")}
+           "PYTHONPATH": f"{project}{os.pathsep}{ROOT}", "IE_VAR_DIR": str(project / "var"),
+           "IE_DB": "sqlite", "IE_SQLITE_PATH": str(project / "db.sqlite3")}
     script = "import django\ndjango.setup()\n" + textwrap.dedent(code)
     result = subprocess.run([PYTHON, "-c", script], cwd=project, env=env, capture_output=True,
                             text=True, timeout=120)
@@ -242,6 +251,9 @@ def test_generated_code_passes_mypy(project: Path) -> None:
              "--properties", "gadget_id:UUID,note:str | None", "--handler-app", "gizmos")
     generate(project, "WidgetBuilt", "--app", "bare", "--aggregate", "Widget",
              "--properties", "widget_id:UUID,when:datetime")
+    generate_domain(project, "GadgetPolished", "--app", "gadgets",
+                    "--properties", "gadget_id:UUID,grit:int | None,at:datetime")
+    generate_domain(project, "GizmoTuned", "--app", "gizmos", "--properties", "level:Decimal")
     (project / "mypy.ini").write_text(textwrap.dedent("""\
         [mypy]
         disallow_untyped_defs = True
@@ -352,3 +364,102 @@ def test_imports_are_merged_where_isort_wants_them(tmp_path: Path) -> None:
         "from integration_events import IntegrationEvent\n\n"
         "from .topics import T\n\nX = 1\n"
     )
+
+
+# --- add_domain_event ----------------------------------------------------------------------
+
+def test_domain_event_and_handler_in_a_bare_app_run_in_the_transaction(project: Path) -> None:
+    result = generate_domain(project, "WidgetPolished", "--app", "bare",
+                             "--properties", "widget_id:UUID,grit:int,note:str | None")
+    assert "Added domain event WidgetPolished and handler bare.subscribers.on_widget_polished" \
+        in result.stdout
+    events = (project / "bare/domain_events.py").read_text()
+    subs = (project / "bare/subscribers.py").read_text()
+    assert "from integration_events import DomainEvent\n" in events
+    assert "class WidgetPolished(DomainEvent):" in events
+    assert "    note: str | None = None\n" in events
+    assert "from .domain_events import WidgetPolished\n" in subs
+    assert "@domain_handler\ndef on_widget_polished(event: WidgetPolished) -> None:" in subs
+    assert not (project / "bare/topics.py").exists()  # no topic for a domain event
+    ruff(project, project / "bare")
+    check = manage(project, "check", "--fail-level", "WARNING")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    # A second event goes into the modules the first one created.
+    generate_domain(project, "WidgetScratched", "--app", "bare", "--properties", "depth:float")
+    ruff(project, project / "bare")
+    out = run_python(project, """
+        import uuid
+        from django.db import transaction
+        from bare.domain_events import WidgetPolished, WidgetScratched
+        from bare.subscribers import on_widget_polished, on_widget_scratched
+        from integration_events import raise_event
+        from integration_events.domain import capture_domain_events, handlers_for
+        from integration_events.domain_checks import check_domain_handlers
+        assert [h.handler for h in handlers_for(WidgetPolished)] == [on_widget_polished]
+        assert [h.handler for h in handlers_for(WidgetScratched)] == [on_widget_scratched]
+        assert check_domain_handlers() == []
+        with transaction.atomic(), capture_domain_events() as raised:
+            raise_event(WidgetPolished(widget_id=uuid.uuid4(), grit=240))
+        print(type(raised[0]).__name__)
+    """)
+    assert out.strip() == "WidgetPolished"
+
+
+def test_domain_handler_joins_an_existing_subscribers_module(project: Path) -> None:
+    generate_domain(project, "GizmoTuned", "--app", "gizmos",
+                    "--properties", "gizmo_id:UUID,level:Decimal")
+    subs = (project / "gizmos/subscribers.py").read_text()
+    assert subs.startswith('"""Gizmo handlers."""')
+    assert "@subscriber" + GIZMOS_SUBSCRIBERS.split("@subscriber")[1] in subs  # left alone
+    assert "from integration_events import domain_handler, subscriber\n" in subs
+    assert "import logging\n" in subs
+    ruff(project, project / "gizmos")
+    check = manage(project, "check", "--fail-level", "WARNING")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_domain_event_refusals_write_nothing(project: Path) -> None:
+    before = {p: p.read_text() for p in project.rglob("*.py")}
+    # The name of an integration event of the same app: the two kinds keep distinct names.
+    result = manage(project, "add_domain_event", "GadgetAssembled", "--app", "gadgets",
+                    "--properties", "x:int")
+    assert result.returncode != 0
+    assert "an integration event" in result.stderr
+    assert {p: p.read_text() for p in project.rglob("*.py")} == before
+    generate_domain(project, "GadgetPolished", "--app", "gadgets", "--properties", "x:int",
+                    "--no-handler")
+    assert not (project / "gadgets/subscribers.py").exists()
+    again = manage(project, "add_domain_event", "GadgetPolished", "--app", "gadgets",
+                   "--properties", "x:int")
+    assert again.returncode != 0
+    assert "already defines GadgetPolished" in again.stderr
+
+
+def test_domain_event_dry_run_prints_the_diff() -> None:
+    from io import StringIO
+
+    out = StringIO()
+    call_command("add_domain_event", "EquipmentRepaired", app="equipment",
+                 properties="equipment_id:UUID", dry_run=True, stdout=out)
+    text = out.getvalue()
+    assert "+class EquipmentRepaired(DomainEvent):" in text
+    assert "+def on_equipment_repaired(event: EquipmentRepaired) -> None:" in text
+    assert "2 file(s) would change" in text
+
+
+@pytest.mark.parametrize(("name", "properties", "message"), [
+    ("equipmentRepaired", "a:int", "PascalCase"),
+    ("DomainEvent", "a:int", "base class"),
+    ("EquipmentRepaired", "a:integer", "Allowed types"),
+    ("EquipmentRepaired", "model_x:int", "reserved by DomainEvent"),
+    ("EquipmentAdded", "a:int", "already defines EquipmentAdded"),
+    ("EquipmentCreated", "a:int", "an integration event"),
+])
+def test_add_domain_event_rejects_bad_input(name: str, properties: str, message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        call_command("add_domain_event", name, app="equipment", properties=properties,
+                     dry_run=True)
+    with pytest.raises(CommandError, match="installed package"):
+        call_command("add_domain_event", "ThingHappened", app="auth", properties="a:int",
+                     dry_run=True)

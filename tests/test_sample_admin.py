@@ -16,6 +16,7 @@ from accounts.topics import AccountsTopics
 from equipment import services as equipment
 from equipment.models import Equipment, EquipmentStatus
 from equipment.topics import EquipmentTopics
+from files import services as files
 from files.models import StoredFile
 from files.topics import FilesTopics
 from integration_events.models import PublishedMessage
@@ -140,10 +141,27 @@ def test_staff_without_permission_cannot_run_actions(client: Client) -> None:
     "/admin/equipment/knownuser/", "/admin/accounts/profile/",
     "/admin/accounts/equipmentholding/", "/admin/files/storedfile/",
     "/admin/files/storedfile/add/", "/admin/auth/user/",
+    "/admin/equipment/categorystock/", "/admin/files/storageusage/",
 ])
 def test_pages_render(admin_client: Client, url: str) -> None:
     user = accounts.register_user(username="ada", email="ada@example.com")
     item = equipment.create_equipment(name="Drill", category="tools")
     equipment.check_out(item.pk, user.pk)
+    files.store_file(name="notes.txt", content=b"notes", owner_id=user.pk)
     assert admin_client.get(url).status_code == 200
     assert admin_client.get(f"/admin/equipment/equipment/{item.pk}/change/").status_code == 200
+
+
+def test_the_counts_kept_by_domain_handlers_are_read_only(admin_client: Client) -> None:
+    user = accounts.register_user(username="ada", email="ada@example.com")
+    equipment.create_equipment(name="Drill", category="tools")
+    files.store_file(name="notes.txt", content=b"notes", owner_id=user.pk)
+    stock = admin_client.get("/admin/equipment/categorystock/")
+    usage = admin_client.get("/admin/files/storageusage/")
+    assert b"tools" in stock.content
+    assert f"{user.pk}".encode() in usage.content
+    assert b"/admin/equipment/categorystock/add/" not in stock.content
+    assert b"/admin/files/storageusage/add/" not in usage.content
+    assert b"Select category stock to view" in stock.content  # view, not change
+    assert admin_client.get("/admin/equipment/categorystock/add/").status_code == 403
+    assert admin_client.get("/admin/files/storageusage/add/").status_code == 403

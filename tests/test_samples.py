@@ -3,22 +3,37 @@ accounts -> equipment -> files, with deliver_pending standing in for qcluster.""
 
 from __future__ import annotations
 
+import importlib
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.files.storage import default_storage
+from django.db.models import Count
 
 from accounts import services as accounts
+from accounts.domain_events import UserSignedUp
 from accounts.events import UserDeleted
-from accounts.models import EquipmentHolding
+from accounts.models import EquipmentHolding, Profile
 from accounts.topics import AccountsTopics
 from equipment import services as equipment
+from equipment.domain_events import EquipmentAdded, EquipmentStatusSet
 from equipment.events import EquipmentCheckedIn, EquipmentCreated
-from equipment.models import Equipment, EquipmentStatus, KnownUser
+from equipment.models import CategoryStock, Equipment, EquipmentStatus, KnownUser
 from equipment.topics import EquipmentTopics
 from files import services as files
-from files.models import FileKind, StoredFile
+from files.domain_events import FileAdded, FileRemoved
+from files.models import FileKind, StorageUsage, StoredFile
+from files.topics import FilesTopics
+from integration_events.domain import (
+    DomainEvent,
+    capture_domain_events,
+    domain_handler,
+    forget_domain_handler,
+)
 from integration_events.models import MessageStatus, PublishedMessage, ReceivedMessage
 from integration_events.operations import reexecute_received
 from integration_events.testing import capture_events, deliver_pending
@@ -306,3 +321,181 @@ def test_status_changes_publish_versions_in_order() -> None:
     assert versions[-1] == 3
     assert isinstance(published[-1], EquipmentCheckedIn)
     assert published[-1].reason == "returned"
+
+
+# --- domain events inside each context ----------------------------------------------------
+
+class RefusedByTest(Exception):
+    """Raised by the failing domain handler the tests below add after the samples' own."""
+
+
+@pytest.fixture
+def failing_handler() -> Iterator[Any]:
+    """failing_handler(EventClass): one more handler of that domain event, registered after
+    the sample's handlers (so they have already written and published), that raises."""
+    added: list[Any] = []
+
+    def add(event_type: type[DomainEvent]) -> None:
+        def refuse(event: DomainEvent) -> None:
+            raise RefusedByTest(type(event).__name__)
+
+        refuse.__annotations__ = {"event": event_type, "return": None}
+        added.append(domain_handler(refuse))
+
+    yield add
+    for handler in added:
+        forget_domain_handler(handler)
+
+
+def _stock_from_equipment() -> dict[str, dict[str, int]]:
+    counted: dict[str, dict[str, int]] = {}
+    rows = Equipment.objects.values("category", "status").annotate(n=Count("pk")).order_by()
+    for row in rows:
+        counted.setdefault(row["category"], {})[row["status"]] = row["n"]
+    return counted
+
+
+def _stock() -> dict[str, dict[str, int]]:
+    return {
+        s.category: {status: n for status in EquipmentStatus.values
+                     if (n := getattr(s, status))}
+        for s in CategoryStock.objects.all()
+    }
+
+
+def test_the_stock_per_category_follows_every_change() -> None:
+    user_id = register("barbara")
+    with capture_domain_events() as raised:
+        drill = equipment.create_equipment(name="Drill", category="tools")
+        saw = equipment.create_equipment(name="Saw", category="tools")
+        equipment.create_equipment(name="Projector", category="media")
+        equipment.check_out(drill.pk, user_id)
+        equipment.change_status(saw.pk, EquipmentStatus.MAINTENANCE)
+        equipment.change_status(saw.pk, EquipmentStatus.RETIRED)
+        equipment.check_in(drill.pk)
+        equipment.check_out(drill.pk, user_id)
+    assert [type(e) for e in raised] == [EquipmentAdded] * 3 + [EquipmentStatusSet] * 5
+    assert _stock() == _stock_from_equipment() == {
+        "tools": {"checked_out": 1, "retired": 1}, "media": {"available": 1},
+    }
+    assert CategoryStock.objects.get(category="tools").in_service == 1
+    # Each status change was also published, with the version of the change.
+    changed = PublishedMessage.objects.filter(topic=EquipmentTopics.EQUIPMENT_STATUS_CHANGED)
+    assert changed.count() == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_equipment_domain_handler_rolls_back_and_publishes_nothing(
+    failing_handler: Any,
+) -> None:
+    item = equipment.create_equipment(name="Drill", category="tools")
+    published_before = PublishedMessage.objects.count()
+    failing_handler(EquipmentStatusSet)
+
+    with pytest.raises(RefusedByTest):
+        equipment.change_status(item.pk, EquipmentStatus.MAINTENANCE)
+
+    item.refresh_from_db()
+    assert (item.status, item.version) == (EquipmentStatus.AVAILABLE, 1)
+    assert _stock() == {"tools": {"available": 1}}
+    assert PublishedMessage.objects.count() == published_before
+
+    failing_handler(EquipmentAdded)
+    with pytest.raises(RefusedByTest):
+        equipment.create_equipment(name="Saw", category="tools")
+    assert Equipment.objects.count() == 1
+    assert _stock() == {"tools": {"available": 1}}
+    assert PublishedMessage.objects.count() == published_before
+
+
+def test_signing_up_creates_the_profile_and_publishes_in_one_transaction() -> None:
+    with capture_domain_events() as raised, capture_events() as published:
+        user_id = register("edsger")
+    assert [type(e) for e in raised] == [UserSignedUp]
+    profile = Profile.objects.get(user_id=user_id)
+    assert profile.display_name == "edsger"
+    assert profile.registered_at == raised[0].registered_at  # type: ignore[attr-defined]
+    assert [(type(e).__name__, e.user_id) for e in published] == [  # type: ignore[attr-defined]
+        ("UserRegistered", user_id)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_accounts_domain_handler_rolls_back_and_publishes_nothing(
+    failing_handler: Any,
+) -> None:
+    failing_handler(UserSignedUp)
+    with pytest.raises(RefusedByTest):
+        register("margaret")
+    assert not get_user_model().objects.filter(username="margaret").exists()
+    assert not Profile.objects.exists()
+    assert not PublishedMessage.objects.exists()
+
+
+def _usage() -> dict[int, tuple[int, int]]:
+    return {u.owner_id: (u.file_count, u.total_bytes) for u in StorageUsage.objects.all()}
+
+
+def test_storage_usage_follows_uploads_deletions_and_purges() -> None:
+    user_id = register("frances")
+    other_id = register("hedy")
+    with capture_domain_events() as raised:
+        a = files.store_file(name="a.txt", content=b"12345", owner_id=user_id)
+        files.store_file(name="b.txt", content=b"123", owner_id=user_id)
+        files.store_file(name="c.txt", content=b"1", owner_id=other_id)
+        files.generate_file(source_message_id=uuid.uuid4(), name="manual.txt", text="m",
+                            kind=FileKind.MANUAL)
+    assert [type(e) for e in raised] == [FileAdded] * 4
+    assert _usage() == {user_id: (2, 8), other_id: (1, 1)}  # generated files have no owner
+    assert PublishedMessage.objects.filter(topic=FilesTopics.FILE_STORED).count() == 4
+
+    with capture_domain_events() as raised:
+        files.delete_files([a])
+    assert raised == [FileRemoved(file_id=a.pk, size=5, owner_id=user_id)]
+    assert _usage() == {user_id: (1, 3), other_id: (1, 1)}
+
+    accounts.delete_user(user_id)
+    deliver_pending()  # files purges the user's files in its handler's transaction
+    assert _usage() == {other_id: (1, 1)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_files_domain_handler_rolls_back_and_publishes_nothing(
+    failing_handler: Any,
+) -> None:
+    user_id = register("ada")
+    stored = files.store_file(name="keep.txt", content=b"kept", owner_id=user_id)
+    published_before = PublishedMessage.objects.count()
+
+    failing_handler(FileAdded)
+    with pytest.raises(RefusedByTest):
+        files.store_file(name="new.txt", content=b"new", owner_id=user_id)
+    failing_handler(FileRemoved)
+    with pytest.raises(RefusedByTest):
+        files.delete_files([stored])
+
+    assert list(StoredFile.objects.values_list("name", flat=True)) == ["keep.txt"]
+    assert _usage() == {user_id: (1, 4)}
+    assert PublishedMessage.objects.count() == published_before
+    with default_storage.open(stored.content.name) as fh:  # deleted only after a commit
+        assert fh.read() == b"kept"
+
+
+def test_the_migrations_count_what_existed_before_the_domain_handlers() -> None:
+    from django.apps import apps as django_apps
+
+    stock_migration = importlib.import_module("equipment.migrations.0002_categorystock")
+    usage_migration = importlib.import_module("files.migrations.0002_storageusage")
+    user_id = register("kathleen")
+    item = equipment.create_equipment(name="Drill", category="tools")
+    equipment.create_equipment(name="Saw", category="tools")
+    equipment.change_status(item.pk, EquipmentStatus.MAINTENANCE)
+    files.store_file(name="a.txt", content=b"abc", owner_id=user_id)
+    files.store_file(name="b.txt", content=b"de", owner_id=user_id)
+    expected_stock, expected_usage = _stock(), _usage()
+    CategoryStock.objects.all().delete()
+    StorageUsage.objects.all().delete()
+
+    stock_migration.count_existing_equipment(django_apps, None)
+    usage_migration.count_existing_files(django_apps, None)
+    assert _stock() == expected_stock == {"tools": {"available": 1, "maintenance": 1}}
+    assert _usage() == expected_usage == {user_id: (2, 5)}
