@@ -50,6 +50,7 @@ def test_our_queue_takes_a_second_declaration_from_cap(
     cap_declares(peer, config.queue)  # a CAP service of the same group: no 406
     peer.exchange_declare(exchange=config.exchange, exchange_type="topic", durable=True)
     # The bindings route what RECEIVE names, and nothing else.
+    peer.confirm_delivery()  # so that the count below sees every routed message
     for key in ("billing", "billing.invoice.paid", "files.file-deleted", "accounts.x"):
         peer.basic_publish(config.exchange, key, b"{}")
     count = peer.queue_declare(queue=config.queue, passive=True).method.message_count
