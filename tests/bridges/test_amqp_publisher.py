@@ -174,3 +174,24 @@ def test_an_exchange_of_another_type_is_a_topology_conflict(
     peer.exchange_declare(exchange=config.exchange, exchange_type="fanout", durable=True)
     with pytest.raises(TopologyConflict, match="durable topic exchange"):
         AmqpPublisher.for_bridge(config).connect()
+
+
+def test_confirms_that_do_not_come_in_time_are_a_typed_error(
+    bridge: Callable[..., Any], peer: Any
+) -> None:
+    config = bridge(SEND=["#"])
+    queue = peer_queue(peer, config.exchange)
+    pub = AmqpPublisher(config.url, config.exchange, confirm_timeout=0.0005)
+    pub.connect()
+    with pytest.raises(BrokerConnectionLost, match="no confirm within CONFIRM_TIMEOUT") as info:
+        pub.publish_batch([message("slow.item", n) for n in range(2000)])
+    outcomes = {r.outcome for r in info.value.results}
+    assert PublishOutcome.TIMED_OUT in outcomes
+    assert outcomes <= {PublishOutcome.TIMED_OUT, PublishOutcome.CONFIRMED}
+    with pytest.raises(BrokerUnavailable, match="call connect"):
+        pub.publish_batch([message("slow.item")])
+    pub.confirm_timeout = 30
+    pub.connect()
+    assert pub.publish_batch([message("slow.item")])[0].ok
+    pub.close()
+    assert peer.queue_declare(queue=queue, passive=True).method.message_count >= 1
