@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.utils import timezone
+
 from . import wire
 from .errors import WireEncodingError
 from .inbound import Delivery, Rejection, RejectReason, read_headers
@@ -139,8 +141,6 @@ def _sent_at(headers: Mapping[str, Any], now: datetime | None) -> datetime:
         parsed = wire.parse_sent_time(value)
         if parsed is not None:
             return parsed
-    from django.utils import timezone
-
     return now or timezone.now()
 
 
