@@ -1,0 +1,47 @@
+"""integration_events.bridges.checks: the check messages for the BRIDGES setting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from integration_events.bridges.checks import check_bridges
+
+KNOWN = ["equipment.equipment-created", "billing.invoice-paid", "files.file-deleted"]
+
+
+def entry(**keys: Any) -> dict[str, Any]:
+    return {"rabbit": {"TRANSPORT": "amqp", "URL": "amqp://h/", "QUEUE": "q", **keys}}
+
+
+def ids(raw: Any, **kwargs: Any) -> list[str]:
+    return [m.id for m in check_bridges(raw, KNOWN, **kwargs)]
+
+
+def test_a_good_bridge_has_no_messages() -> None:
+    assert ids(entry(SEND=["equipment.*"], RECEIVE=["billing.#"])) == []
+
+
+def test_invalid_settings_are_one_error_with_the_reason() -> None:
+    (message,) = check_bridges(entry(TRANSPORT="kafka"), KNOWN)
+    assert message.id == "integration_events.E100"
+    assert "unknown transport 'kafka'" in message.msg
+
+
+def test_a_missing_library_names_the_extra() -> None:
+    (message,) = check_bridges(entry(), KNOWN, has_library=lambda module: False)
+    assert message.id == "integration_events.E101"
+    assert "needs pika" in message.msg and "[amqp]" in str(message.hint)
+
+
+def test_patterns_matching_no_known_topic_warn() -> None:
+    messages = check_bridges(entry(SEND=["equipment.*", "equipmnet.*"], RECEIVE=["bill.#"]),
+                             KNOWN)
+    assert [m.id for m in messages] == ["integration_events.W102"] * 2
+    assert "'equipmnet.*'" in messages[0].msg and '["RECEIVE"]' in messages[1].msg
+
+
+def test_overlapping_send_and_receive_is_an_error_with_an_example() -> None:
+    messages = check_bridges(entry(SEND=["equipment.*"], RECEIVE=["#.equipment-created"]),
+                             KNOWN)
+    assert [m.id for m in messages] == ["integration_events.E103"]
+    assert "'equipment.equipment-created'" in messages[0].msg
