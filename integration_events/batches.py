@@ -19,7 +19,7 @@ from django.db import transaction
 from .claims import Claim
 from .conf import get_settings
 from .delivery import Prepared
-from .exceptions import IntegrationEventsError, LeaseLost
+from .exceptions import GroupUnavailable, IntegrationEventsError, LeaseLost
 from .failures import log_fields
 from .models import PublishedMessage, ReceivedMessage
 from .outcomes import Outcome, PassStats
@@ -74,6 +74,13 @@ def run_atomic_chunk(ex: Executor, taken: Claim[ReceivedMessage], rows: list[Rec
         try:
             result = _transaction(ex, taken, prepared, savepoints)
         except _HandlerRaised as raised:
+            if isinstance(raised.error, GroupUnavailable):
+                # Rolled back; the group's rows go back with their attempt refunded.
+                group = raised.prepared.row.group
+                ex.back_off(taken, [p.row for p in prepared if p.row.group == group],
+                            raised.error)
+                prepared = [p for p in prepared if p.row.group != group]
+                continue
             # Everything was rolled back and nothing recorded yet: record the row that raised
             # (its handler is not run again), then run the others again.
             stats.count(ex.record(taken, raised.prepared, raised.error))
@@ -136,7 +143,9 @@ def _rerun_alone(ex: Executor, taken: Claim[ReceivedMessage], prepared: list[Pre
     still_ours = set(ex.inbox.held(taken.token).filter(pk__in=pks).values_list("pk", flat=True))
     for item in prepared:
         if item.row.pk in still_ours:
-            stats.count(ex.run_single(taken, item.row, item.delivery.message, counted=True))
+            outcome = ex.run_single(taken, item.row, item.delivery.message, counted=True)
+            if outcome is not None:
+                stats.count(outcome)
         else:
             logger.warning("lease lost; outcome discarded %s", log_fields(item.row))
             taken.done(item.row)
@@ -161,6 +170,9 @@ def run_batch_handler(ex: Executor, taken: Claim[ReceivedMessage], rows: list[Re
                 f"{len(prepared)} deliveries")
     except NOT_THE_ROWS_FAULT:
         raise
+    except GroupUnavailable as exc:
+        ex.back_off(taken, [p.row for p in prepared], exc)
+        return stats
     except BaseException as exc:
         results = [exc] * len(prepared)
         stop = exc if isinstance(exc, ex.stop_exceptions) else None

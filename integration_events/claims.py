@@ -34,7 +34,8 @@ class ClaimStrategy(Protocol):
 
     Contract:
     - ``select`` runs inside the claim's transaction and returns the primary keys of at most
-      ``limit`` due rows (``qs.due(status)``) in the order they should run, locked against
+      ``limit`` due rows (``qs.claimable(status)``: due, and not of a paused or backing-off
+      group) in the order they should run, locked against
       other claimers (``select_for_update(skip_locked=True)`` when ``skip_locked``). Overdue
       retries go before new rows. A row whose ``error_type`` is ``LEASE_EXPIRED`` is taken
       alone (a claim of that one row).
@@ -63,7 +64,7 @@ class OldestFirst:
         # with "status IN (...)" InnoDB sorts, and a locking read that sorts locks every due
         # row, which would leave nothing for the other claimers to skip to.
         for status in (MessageStatus.RETRYING, MessageStatus.PENDING):
-            due = qs.due(status)
+            due = qs.claimable(status)
             if skip_locked:
                 due = due.select_for_update(skip_locked=True)
             for pk, kind in due.values_list("pk", "error_type")[: limit - len(pks)]:

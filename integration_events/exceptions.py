@@ -53,6 +53,18 @@ class RetryLater(IntegrationEventsError):
         self.retry_after = retry_after
 
 
+class GroupUnavailable(IntegrationEventsError):
+    """Raise from a handler (or a batch handler) when the outside system the whole group
+    talks to is down (a broker that refuses connections): the rows go back unstarted with
+    their attempt given back, and the group is not claimed again for ``retry_after`` seconds
+    (doubling while it stays down), so an outage dead-letters nothing. Its messages still
+    fail by age if the subscriber's retry policy has a ``max_age``."""
+
+    def __init__(self, message: str = "", *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class LeaseLost(IntegrationEventsError):
     """The worker's claim on a message expired and another worker took it over; this worker's
     outcome is discarded."""

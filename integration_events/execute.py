@@ -31,8 +31,9 @@ from .claims import Claim, ClaimStrategy, claim
 from .conf import get_settings
 from .context import current_context
 from .delivery import Prepared, bind_on_commit, build_delivery
-from .exceptions import LeaseLost
-from .failures import Failures, log_fields
+from .exceptions import GroupUnavailable, LeaseLost
+from .failures import Failures, describe_exception, log_fields
+from .groups import hold_back
 from .instrumentation import Hooks
 from .leases import LeaseKeeper
 from .models import PublishedMessage, ReceivedMessage
@@ -121,7 +122,9 @@ class Executor:
         if len(rows) > 1:
             return run_atomic_chunk(self, taken, rows, messages)
         stats = PassStats()
-        stats.count(self.run_single(taken, rows[0], messages.get(rows[0].message_id)))
+        outcome = self.run_single(taken, rows[0], messages.get(rows[0].message_id))
+        if outcome is not None:
+            stats.count(outcome)
         return stats
 
     # --- shared steps -------------------------------------------------------------------------
@@ -190,6 +193,15 @@ class Executor:
         if done != len(rows):
             raise LeaseLost(f"{len(rows) - done} of {len(rows)} rows")
 
+    def back_off(self, taken: Claim[ReceivedMessage], group_rows: list[ReceivedMessage],
+                 exc: GroupUnavailable) -> None:
+        """The group's outside system is down: hold the group back and give these rows back
+        unstarted, their attempt refunded (an outage is not the messages' fault)."""
+        hold_back(self.using, group_rows[0].group, exc.retry_after,
+                  describe_exception(exc, with_traceback=False))
+        self.inbox.hand_back([r.pk for r in group_rows], taken.token, refund=True)
+        taken.done(*group_rows)
+
     def record(self, taken: Claim[ReceivedMessage], prepared: Prepared, exc: BaseException
                ) -> Outcome:
         taken.done(prepared.row)
@@ -198,8 +210,10 @@ class Executor:
     # --- one row ------------------------------------------------------------------------------
 
     def run_single(self, taken: Claim[ReceivedMessage], row: ReceivedMessage,
-                   message: PublishedMessage | None, *, counted: bool = False) -> Outcome:
-        """Run one row in its own transaction (atomic handlers) or none (plain ones)."""
+                   message: PublishedMessage | None, *, counted: bool = False
+                   ) -> Outcome | None:
+        """Run one row in its own transaction (atomic handlers) or none (plain ones); None if
+        its group backed off (the row went back unstarted)."""
         if not counted and self.count_attempts(taken, [row])[1]:
             return Outcome.LOST
         prepared = self.prepare(taken, row, message)
@@ -217,6 +231,9 @@ class Executor:
         except LeaseLost:
             logger.warning("lease lost; outcome discarded %s", log_fields(row))
             return Outcome.LOST
+        except GroupUnavailable as exc:
+            self.back_off(taken, [row], exc)
+            return None
         except BaseException as exc:
             outcome = self.record(taken, prepared, exc)
             if isinstance(exc, self.stop_exceptions):

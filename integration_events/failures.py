@@ -12,6 +12,7 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models.functions import Now
+from django.utils import timezone
 
 from .conf import get_settings
 from .exceptions import IntegrationEventsError
@@ -66,7 +67,9 @@ class Failures:
         """The column changes for ``row``'s failed attempt, and the retry decision."""
         error = describe_exception(exc, with_traceback=get_settings().STORE_TRACEBACK)
         base: dict[str, Any] = {"last_error": error, "error_type": error_type(exc)}
-        decision = strategy.decide(row.attempts, exc, self.rng)
+        age = (timezone.now() - row.created_at).total_seconds() \
+            if strategy.max_age is not None and row.created_at else 0.0
+        decision = strategy.decide(row.attempts, exc, self.rng, age=age)
         if isinstance(decision, GiveUp):
             return {**base, "status": MessageStatus.FAILED, "finished_at": Now(),
                     "expires_at": after(get_settings().FAILED_EXPIRY)}, decision

@@ -104,9 +104,13 @@ class MessageQuerySet(models.QuerySet[M]):
         return self.finish(pks, token, status=MessageStatus.SUCCEEDED, finished_at=Now(),
                            expires_at=after(expiry))
 
-    def hand_back(self, pks: Iterable[Any], token: uuid.UUID) -> int:
-        """Return claimed rows that were never started: due again at once, no attempt used."""
-        return self.finish(pks, token, status=MessageStatus.RETRYING, next_attempt_at=Now())
+    def hand_back(self, pks: Iterable[Any], token: uuid.UUID, *, refund: bool = False) -> int:
+        """Return claimed rows that were never started: due again at once, no attempt used
+        (``refund``: their attempt was counted already and is given back)."""
+        changes: dict[str, Any] = {"status": MessageStatus.RETRYING, "next_attempt_at": Now()}
+        if refund:
+            changes["attempts"] = models.F("attempts") - 1
+        return self.finish(pks, token, **changes)
 
     def count_attempt(self, pks: Iterable[Any], token: uuid.UUID) -> int:
         """Count an attempt on the rows still held under ``token`` (before their handlers run,
@@ -116,6 +120,16 @@ class MessageQuerySet(models.QuerySet[M]):
     def renew(self, tokens: Iterable[uuid.UUID], seconds: float) -> int:
         """Push the lease of every row held under ``tokens`` to now + ``seconds``."""
         return self.held(tokens).update(lease_until=after(seconds))
+
+    def claimable(self, status: str) -> MessageQuerySet[M]:
+        """Due rows of ``status`` that may be claimed now: for inbox rows, not of a group that
+        is paused or backing off (a NOT EXISTS probe on GroupState's primary key, in the same
+        statement; a locking read does not lock the subquery's rows)."""
+        due = self.due(status)
+        if not any(f.name == "group" for f in self.model._meta.concrete_fields):
+            return due
+        return due.exclude(models.Exists(
+            GroupState.objects.held_back().filter(group=models.OuterRef("group"))))
 
     def next_due_in(self) -> float | None:
         """Seconds until the first waiting row falls due (negative: overdue), or None."""
@@ -272,6 +286,37 @@ class ReceivedMessage(MessageBase):
         if self.last_error:
             headers["exception"] = self.last_error.split("\n", 1)[0]
         return headers
+
+
+class GroupStateQuerySet(models.QuerySet["GroupState"]):
+    def held_back(self) -> GroupStateQuerySet:
+        """Groups whose rows must not be claimed now: paused, or backing off."""
+        return self.filter(models.Q(paused=True) | models.Q(backoff_until__gt=Now()))
+
+
+class GroupState(models.Model):
+    """What every cluster must know about a subscriber group: paused by an operator, or
+    backing off as a whole until ``backoff_until`` (its outside system is down). Claims skip
+    the due rows of such a group; the rows stay where they are. One row per group that has
+    ever been paused or backed off."""
+
+    group = models.CharField(max_length=100, primary_key=True)
+    paused = models.BooleanField(default=False)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    backoff_until = models.DateTimeField(null=True, blank=True)
+    # Consecutive backoffs (each waits twice as long, up to the retry cap); 0 once it works.
+    backoffs = models.PositiveIntegerField(default=0)
+    reason = models.TextField(blank=True, default="")
+    updated_at = models.DateTimeField(db_default=Now())
+
+    objects = GroupStateQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "group state"
+        verbose_name_plural = "group states"
+
+    def __str__(self) -> str:
+        return self.group
 
 
 class WorkerNode(models.Model):

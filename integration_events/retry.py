@@ -58,6 +58,9 @@ class RetryStrategy:
     base_delay: float = 5.0
     max_delay: float = 3600.0
     jitter: float = 0.5
+    # Give up on a message older than this many seconds whatever its attempts (None: no age
+    # limit). A broker bridge fails rows by age, not by count (a long outage costs no count).
+    max_age: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -66,6 +69,8 @@ class RetryStrategy:
             raise ValueError("delays must not be negative")
         if not 0.0 <= self.jitter <= 1.0:
             raise ValueError("jitter must be between 0 and 1")
+        if self.max_age is not None and self.max_age <= 0:
+            raise ValueError("max_age must be positive")
 
     def with_overrides(self, **overrides: Any) -> RetryStrategy:
         """This strategy with the given fields replaced (None values are ignored)."""
@@ -86,14 +91,19 @@ class RetryStrategy:
         return capped * (1.0 - self.jitter * r)
 
     def decide(
-        self, attempts: int, exc: BaseException | None = None, rng: random.Random | None = None
+        self, attempts: int, exc: BaseException | None = None, rng: random.Random | None = None,
+        *, age: float = 0.0,
     ) -> Decision:
-        """Retry or give up after the ``attempts``-th failed attempt that raised ``exc``.
+        """Retry or give up after the ``attempts``-th failed attempt that raised ``exc``, of a
+        message ``age`` seconds old.
 
-        A PermanentFailure gives up at once; otherwise the attempts decide. A retry waits the
-        backoff delay, or longer if the exception carries a ``retry_after``."""
+        A PermanentFailure gives up at once; otherwise the attempts (and ``max_age``) decide.
+        A retry waits the backoff delay, or longer if the exception carries a
+        ``retry_after``."""
         if isinstance(exc, PermanentFailure):
             return GiveUp("permanent failure")
         if not self.should_retry(attempts):
             return GiveUp(f"{attempts} of {self.max_attempts} attempts used")
+        if self.max_age is not None and age >= self.max_age:
+            return GiveUp(f"older than {self.max_age:g} s")
         return Retry(max(self.delay(attempts, rng), retry_after(exc)))

@@ -1,0 +1,80 @@
+"""Group-wide state: a group whose outside system is down backs off as a whole, spending no
+attempts; a paused or backing-off group's rows are not claimed, the others' are."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+
+import pytest
+from django.db.models.functions import Now
+
+from integration_events import publish
+from integration_events.context import Delivery
+from integration_events.exceptions import GroupUnavailable
+from integration_events.models import GroupState, MessageStatus, ReceivedMessage
+from integration_events.worker import Worker
+from tests.eventapp.events import ProbeHappened
+from tests.eventapp.models import Delivery as DeliveryRow
+from tests.test_seams import EchoResolver
+
+pytestmark = pytest.mark.django_db
+
+
+class DownResolver(EchoResolver):
+    """The echo group's outside system is down until ``up`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = False
+
+    def handle_batch(self, deliveries: Sequence[Delivery]) -> list[BaseException | None]:
+        if not self.up:
+            raise GroupUnavailable("broker refused the connection", retry_after=30)
+        return super().handle_batch(deliveries)
+
+
+@pytest.fixture
+def down() -> Iterator[DownResolver]:
+    from integration_events.registry import register_resolver, unregister_resolver
+
+    resolver = DownResolver()
+    register_resolver(resolver)
+    yield resolver
+    unregister_resolver(resolver)
+
+
+def test_an_unavailable_group_backs_off_without_spending_attempts(down) -> None:
+    publish(ProbeHappened(n=2))
+    worker = Worker(keep_leases=False)
+    worker.run_until_idle()
+    echo = ReceivedMessage.objects.get(group="echo:test")
+    assert (echo.status, echo.attempts) == (MessageStatus.RETRYING, 0), "attempt refunded"
+    state = GroupState.objects.get(group="echo:test")
+    assert state.backoffs == 1 and "broker refused" in state.reason
+    assert GroupState.objects.held_back().filter(group="echo:test").exists()
+    # The other groups ran as usual.
+    assert DeliveryRow.objects.count() == 2
+    # Backing off: its row is due but not claimed.
+    assert worker.run_until_idle().total == 0
+    # Still down when the backoff ends: the next wait doubles.
+    GroupState.objects.filter(group="echo:test").update(backoff_until=Now() - timedelta(seconds=1))
+    worker.run_until_idle()
+    state.refresh_from_db()
+    assert state.backoffs == 2
+    # Up again: it delivers, with its first counted attempt.
+    down.up = True
+    GroupState.objects.filter(group="echo:test").update(backoff_until=Now() - timedelta(seconds=1))
+    worker.run_until_idle()
+    echo.refresh_from_db()
+    assert (echo.status, echo.attempts) == (MessageStatus.SUCCEEDED, 1)
+
+
+def test_a_paused_group_is_not_claimed_and_its_backlog_stays() -> None:
+    GroupState.objects.create(group="probe-a", paused=True)
+    publish(ProbeHappened(n=1))
+    Worker(keep_leases=False).run_until_idle()
+    assert set(ReceivedMessage.objects.values_list("group", "status")) == {
+        ("probe-a", MessageStatus.PENDING), ("probe-b", MessageStatus.SUCCEEDED)}
+    GroupState.objects.filter(group="probe-a").update(paused=False)
+    assert Worker(keep_leases=False).run_until_idle().succeeded == 1
