@@ -92,7 +92,7 @@ def _keep_not_rolled_back(
     pending: set[int] = set()
     for alias in {alias for _, _, alias, _ in seen}:
         queue = connections[alias].run_on_commit
-        pending.update(id(func) for _, func, _ in queue if id(func) in markers)
+        pending.update(id(entry[1]) for entry in queue if id(entry[1]) in markers)
         # Our markers served their purpose: take them out, so that an enclosing
         # captureOnCommitCallbacks or a later commit sees only the project's own callbacks.
         queue[:] = [entry for entry in queue if id(entry[1]) not in markers]
