@@ -12,10 +12,12 @@ class IntegrationEventsConfig(AppConfig):
         from django.db.models.signals import post_migrate
 
         from . import checks  # noqa: F401  (registers the system checks)
+        from .logs import install_enqueue_filter
         from .registry import autodiscover
         from .schedule import install_schedule
         from .tasks import connect_cluster_signals
 
         autodiscover()
+        install_enqueue_filter()
         connect_cluster_signals()
         post_migrate.connect(install_schedule, sender=self)

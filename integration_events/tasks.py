@@ -60,8 +60,11 @@ def connect_cluster_signals() -> None:
 def enqueue_process(alias: str) -> None:
     from django_q.tasks import async_task
 
+    from .logs import own_enqueue
+
     options: dict[str, Any] = {"save": False, **get_settings().Q_OPTIONS}
-    async_task(PROCESS_TASK, alias, q_options=options)
+    with own_enqueue():  # a nudge per publish: keep django-q2's "Enqueued" line out of the log
+        async_task(PROCESS_TASK, alias, q_options=options)
 
 
 def recruit(alias: str) -> bool:
