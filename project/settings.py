@@ -12,6 +12,10 @@ The database is chosen by environment variables so that the same settings serve 
                                   subprocess can share it)
     IE_Q_BROKER=orm|redis         django-q2 broker (default orm)
     IE_Q_WORKERS                  django-q2 workers (default 1 on SQLite, 2 otherwise)
+    IE_LOG_LEVEL                  level of the integration_events logger (default INFO)
+    IE_LOG_FILE                   also log everything to this file (demo.sh: var/demo.log)
+    IE_CONSOLE_LOG_LEVEL          the console's threshold (default: all; demo.sh: WARNING)
+    IE_MAIL_DIR                   where the file e-mail backend writes (default var/mail)
 """
 
 from __future__ import annotations
