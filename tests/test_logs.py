@@ -94,3 +94,76 @@ def test_other_threads_and_other_records_pass_while_we_enqueue(
     assert [r.getMessage() for r in django_q_log.records] == [
         "Enqueued [q] 42", "Enqueued [q] 44 could not be signed", "Processed 'x'",
         "Enqueued [q] 45"]
+
+
+def _logged_in_package() -> set[tuple[str, str]]:
+    """(level, message name) of every ``logger.<level>("...")`` call in integration_events/:
+    the name is the message's leading words, before its first %-placeholder or key=value."""
+    import ast
+    from pathlib import Path
+
+    import integration_events
+
+    levels = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "error": "ERROR",
+              "exception": "ERROR", "critical": "CRITICAL"}
+    found: set[tuple[str, str]] = set()
+    for path in Path(integration_events.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in levels and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "logger" and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                continue
+            words: list[str] = []
+            for word in str(node.args[0].value).split():
+                if "%" in word or "=" in word:
+                    break
+                words.append(word)
+            found.add((levels[node.func.attr], " ".join(words).rstrip(":")))
+    return found
+
+
+def test_docs_logging_lists_every_record_of_the_integration_events_logger() -> None:
+    import re
+    from pathlib import Path
+
+    from django.conf import settings
+
+    text = (Path(settings.BASE_DIR) / "docs" / "logging.md").read_text()
+    documented = set(re.findall(r"^\| (DEBUG|INFO|WARNING|ERROR) \| `([^`]+)` \|", text, re.M))
+    logged = _logged_in_package()
+    assert ("ERROR", "message failed") in logged and len(logged) > 10
+    assert logged - documented == set(), "logged but not in docs/logging.md's table"
+    assert documented - logged == set(), "in docs/logging.md's table but no longer logged"
+
+
+def test_docs_logging_example_config_prints_retries_with_level_and_time() -> None:
+    """The LOGGING block of docs/logging.md, applied in a fresh interpreter: INFO from
+    integration_events and django-q with time and level; other libraries' INFO stays out."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from django.conf import settings
+
+    text = (Path(settings.BASE_DIR) / "docs" / "logging.md").read_text()
+    block = re.search(r"```python\n(LOGGING = .*?)```", text, re.S)
+    assert block, "docs/logging.md has no LOGGING example"
+    script = block.group(1) + (
+        "import logging, logging.config\n"
+        "logging.config.dictConfig(LOGGING)\n"
+        "logging.getLogger('integration_events').info('message retrying message_id=1')\n"
+        "logging.getLogger('django-q').info('Q Cluster x running.')\n"
+        "logging.getLogger('somelib').info('chatter')\n"
+        "logging.getLogger('somelib').warning('trouble')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, check=True)
+    lines = result.stderr.splitlines()
+    stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+    assert len(lines) == 3, lines
+    assert re.match(stamp + r"INFO integration_events \d+ message retrying message_id=1$",
+                    lines[0]), lines
+    assert re.match(stamp + r"INFO django-q \d+ Q Cluster x running\.$", lines[1]), lines
+    assert re.match(stamp + r"WARNING somelib \d+ trouble$", lines[2]), lines
