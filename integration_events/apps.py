@@ -12,9 +12,11 @@ class IntegrationEventsConfig(AppConfig):
         from django.db.models.signals import post_migrate
 
         from . import checks, domain_checks  # noqa: F401  (register the system checks)
+        from .logs import install_enqueue_filter
         from .registry import autodiscover
         from .tasks import connect_cluster_signals, install_schedule
 
         autodiscover()
+        install_enqueue_filter()
         connect_cluster_signals()
         post_migrate.connect(install_schedule, sender=self)

@@ -20,6 +20,7 @@ from django_q.signals import post_spawn
 from django_q.tasks import async_task
 
 from .conf import get_settings
+from .logs import own_enqueue
 from .nodes import heartbeat, start_heartbeat
 from .worker import Worker
 
@@ -35,7 +36,8 @@ class DjangoQPump:
 
     def enqueue_process(self, alias: str) -> None:
         options: dict[str, Any] = {"save": False, **get_settings().Q_OPTIONS}
-        async_task(PROCESS_TASK, alias, q_options=options)
+        with own_enqueue():  # a nudge per publish: keep django-q2's "Enqueued" out of the log
+            async_task(PROCESS_TASK, alias, q_options=options)
 
     def queue_size(self) -> int | None:
         return int(get_broker(get_settings().Q_OPTIONS.get("cluster")).queue_size() or 0)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models.functions import Now
 from django.test import TestCase
 
@@ -45,13 +45,35 @@ class CapturedEvents(list[IntegrationEvent]):
         return [e for e in self if isinstance(e, event_type)]
 
 
+class _Committed:
+    """An on-commit marker registered beside each captured event: it runs when the event's
+    transaction commits, and Django drops it unrun when that transaction, or a savepoint
+    around the event, rolls back (the bookkeeping captureOnCommitCallbacks relies on)."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def __call__(self) -> None:
+        self.done = True
+
+
 @contextmanager
 def capture_events() -> Iterator[CapturedEvents]:
-    """Collect every event published inside the block (rolled back or not)."""
+    """Collect the events published inside the block whose transaction was not rolled back:
+    committed, or still open at the end of the block (pytest-django's test transaction).
+    The list fills as events are published; at the end of the block the events of
+    rolled-back blocks and savepoints are taken out again."""
     captured = CapturedEvents()
+    seen: list[tuple[IntegrationEvent, PublishedMessage, str, _Committed]] = []
 
     def receiver(sender: Any, message: PublishedMessage, event: IntegrationEvent,
                  **kwargs: Any) -> None:
+        alias = message._state.db or DEFAULT_DB_ALIAS
+        marker = _Committed()
+        transaction.on_commit(marker, using=alias)  # in autocommit mode it runs at once
+        seen.append((event, message, alias, marker))
         captured.append(event)
         captured.messages.append(message)
 
@@ -60,6 +82,24 @@ def capture_events() -> Iterator[CapturedEvents]:
         yield captured
     finally:
         message_published.disconnect(receiver)
+        _keep_not_rolled_back(captured, seen)
+
+
+def _keep_not_rolled_back(
+    captured: CapturedEvents,
+    seen: list[tuple[IntegrationEvent, PublishedMessage, str, _Committed]],
+) -> None:
+    markers = {id(marker) for *_, marker in seen}
+    pending: set[int] = set()
+    for alias in {alias for _, _, alias, _ in seen}:
+        queue = connections[alias].run_on_commit
+        pending.update(id(entry[1]) for entry in queue if id(entry[1]) in markers)
+        # Our markers served their purpose: take them out, so that an enclosing
+        # captureOnCommitCallbacks or a later commit sees only the project's own callbacks.
+        queue[:] = [entry for entry in queue if id(entry[1]) not in markers]
+    kept = [(e, m) for e, m, _, marker in seen if marker.done or id(marker) in pending]
+    captured[:] = [e for e, _ in kept]
+    captured.messages[:] = [m for _, m in kept]
 
 
 def make_due(using: str = DEFAULT_DB_ALIAS) -> int:

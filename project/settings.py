@@ -12,6 +12,10 @@ The database is chosen by environment variables so that the same settings serve 
                                   subprocess can share it)
     IE_Q_BROKER=orm|redis         django-q2 broker (default orm)
     IE_Q_WORKERS                  django-q2 workers (default 1 on SQLite, 2 otherwise)
+    IE_LOG_LEVEL                  level of the integration_events logger (default INFO)
+    IE_LOG_FILE                   also log everything to this file (demo.sh: var/demo.log)
+    IE_CONSOLE_LOG_LEVEL          the console's threshold (default: all; demo.sh: WARNING)
+    IE_MAIL_DIR                   where the file e-mail backend writes (default var/mail)
 """
 
 from __future__ import annotations
@@ -180,24 +184,47 @@ STATIC_ROOT = VAR_DIR / "static"
 MEDIA_ROOT = Path(os.environ.get("IE_MEDIA_ROOT", VAR_DIR / "media"))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 DEFAULT_FROM_EMAIL = "equipment@example.com"
-_EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+# The e-mails the sample handlers send go to files (one per connection) in var/mail/, not to
+# the console, where a burst of them would scroll everything else away. (The test runner
+# switches to the locmem backend itself.)
+_EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+EMAIL_DIR = Path(os.environ.get("IE_MAIL_DIR", VAR_DIR / "mail"))
 if django.VERSION >= (6, 1):
-    MAILERS = {"default": {"BACKEND": _EMAIL_BACKEND}}
+    MAILERS = {"default": {"BACKEND": _EMAIL_BACKEND, "OPTIONS": {"file_path": str(EMAIL_DIR)}}}
 else:  # pragma: no cover - Django 5.2 / 6.0
     EMAIL_BACKEND = _EMAIL_BACKEND
+    EMAIL_FILE_PATH = str(EMAIL_DIR)
 # Who the equipment context notifies when equipment is created (equipment.subscribers).
 EQUIPMENT_NOTIFICATION_RECIPIENTS = ["inventory@example.com"]
 # Demo only: sample handlers fail on data marked "[flaky]" (first attempt) or "[poison]"
 # (every attempt); see project/faults.py. Set IE_DEMO_FAULTS=0 to turn it off.
 DEMO_FAULT_INJECTION = os.environ.get("IE_DEMO_FAULTS", "1") == "1"
 
+# The configuration docs/logging.md recommends (a root handler; INFO from this library and
+# django-q2), plus two knobs for the demo: IE_LOG_FILE also writes every record to a file and
+# IE_CONSOLE_LOG_LEVEL raises the console's threshold. scripts/demo.sh sets var/demo.log and
+# WARNING, so that the console shows problems and the admin credentials stay in view.
+_LOG_HANDLERS: dict[str, dict[str, Any]] = {
+    "console": {"class": "logging.StreamHandler", "formatter": "plain",
+                "level": os.environ.get("IE_CONSOLE_LOG_LEVEL", "NOTSET")},
+}
+if os.environ.get("IE_LOG_FILE"):
+    _LOG_HANDLERS["file"] = {"class": "logging.FileHandler", "formatter": "plain",
+                             "filename": os.environ["IE_LOG_FILE"]}
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"},
+    },
+    "handlers": _LOG_HANDLERS,
+    "root": {"handlers": list(_LOG_HANDLERS), "level": "WARNING"},
     "loggers": {
-        "integration_events": {"handlers": ["console"],
-                               "level": os.environ.get("IE_LOG_LEVEL", "INFO")},
+        "integration_events": {"level": os.environ.get("IE_LOG_LEVEL", "INFO")},
+        "django-q": {"level": "INFO"},
+        # Through the root handlers (instead of Django's own console handler, which would
+        # print its warnings a second time), so the demo's threshold applies to them too.
+        "django": {"level": "INFO"},
+        "django.server": {"handlers": list(_LOG_HANDLERS), "level": "INFO", "propagate": False},
     },
 }

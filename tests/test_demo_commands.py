@@ -112,3 +112,10 @@ def test_simulate_rejects_bad_options() -> None:
         call_command("simulate", "--count", "0", stdout=StringIO())
     with pytest.raises(CommandError):
         call_command("simulate", "--flaky", "2", stdout=StringIO())
+
+
+def test_seed_demo_prints_the_admin_address_it_is_given() -> None:
+    _, text = seed("--no-data", "--url", "http://127.0.0.1:8001/admin/")
+    assert "url:      http://127.0.0.1:8001/admin/" in text
+    _, text = seed("--no-data")
+    assert "url:      http://127.0.0.1:8000/admin/" in text

@@ -38,3 +38,18 @@ def test_wheel_contains_the_app_with_migrations_and_templates(wheel) -> None:
 def test_wheel_leaves_out_the_demo(wheel) -> None:
     tops = {n.split("/", 1)[0] for n in wheel.namelist()}
     assert not tops & {"equipment", "accounts", "files", "project", "tests", "bench"}
+
+
+def test_classifiers_name_the_django_version_this_suite_runs_on() -> None:
+    """The suite runs on Django 5.2 LTS (scripts/test.sh's Python 3.11 venv) and the newest
+    release; each run checks that its own version is among the classifiers."""
+    import tomllib
+
+    import django
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {c.rsplit(" :: ", 1)[1] for c in project["classifiers"]
+                if c.startswith("Framework :: Django :: ")}
+    assert "{}.{}".format(*django.VERSION[:2]) in declared, declared
+    assert "5.2" in declared, "the oldest supported version, also in dependencies"
+    assert any(d.startswith("django>=5.2") for d in project["dependencies"])

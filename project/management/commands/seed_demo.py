@@ -46,6 +46,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--username", default="admin", help="Admin username (admin).")
         parser.add_argument("--email", default="admin@example.com")
+        parser.add_argument("--url", default="http://127.0.0.1:8000/admin/",
+                            help="The admin's address to print (scripts/demo.sh passes its "
+                            "port's).")
         parser.add_argument("--no-data", action="store_true",
                             help="Only create or reset the admin account.")
         parser.add_argument("--deliver", action="store_true",
@@ -69,7 +72,7 @@ class Command(BaseCommand):
             self.stdout.write(f"Delivered: {stats.succeeded} handler run(s) succeeded, "
                               f"{stats.retried} to retry, {stats.failed} failed.")
         self.stdout.write(self.style.SUCCESS("Admin account ready:"))
-        self.stdout.write("  url:      http://127.0.0.1:8000/admin/")
+        self.stdout.write(f"  url:      {options['url']}")
         self.stdout.write(f"  username: {options['username']}")
         self.stdout.write(f"  password: {password}")
 
