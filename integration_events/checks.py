@@ -197,8 +197,16 @@ def check_topics(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
     from .events import declarations
     from .registry import all_subscriptions
 
-    errors: list[checks.CheckMessage] = []
     decls = declarations()
+    errors = _check_declarations(decls)
+    for sub in all_subscriptions():
+        errors.extend(_check_subscription(sub, decls))
+    return errors
+
+
+def _check_declarations(decls: dict[str, Any]) -> list[checks.CheckMessage]:
+    """E011 (a topic declared twice), W013 (declared inline), W014 (naming convention)."""
+    errors: list[checks.CheckMessage] = []
     for topic, items in sorted(decls.items()):
         if len(items) > 1:
             errors.append(checks.Error(
@@ -225,54 +233,57 @@ def check_topics(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
                 obj=items[0].event_class,
                 id="integration_events.W014",
             ))
-    for sub in all_subscriptions():
-        expected = decls.get(sub.topic)
-        if not expected:
-            known = sorted(decls)
-            close = [t for t in known if _similar(t, sub.topic)]
-            errors.append(checks.Error(
-                f"Subscriber {sub.dotted_path} (group {sub.group!r}) listens to topic "
-                f"{sub.topic!r}, which no event class declares.",
-                hint=(f"Did you mean {close[0]!r}? " if close else "")
-                + "Subscribe with the topics constant of the event you want.",
-                obj=sub.handler,
-                id="integration_events.E010",
-            ))
-            continue
-        event_class = expected[0].event_class
-        if sub.event_type is None:
-            written = _first_annotation(sub.handler)
-            problem = (
-                f"annotates its first parameter as {written!r}, which does not resolve to an "
-                "IntegrationEvent subclass when the module is loaded (imported only under "
-                "TYPE_CHECKING, or a typo?)"
-                if written else "has no IntegrationEvent annotation on its first parameter"
-            )
-            errors.append(checks.Error(
-                f"Subscriber {sub.dotted_path} {problem}, so its payload cannot be validated.",
-                hint=f"Annotate it: def {sub.handler.__name__}(event: "
-                f"{event_class.__qualname__}, context: MessageContext) -> None",
-                obj=sub.handler,
-                id="integration_events.E012",
-            ))
-        elif not issubclass(event_class, sub.event_type):
-            errors.append(checks.Error(
-                f"Subscriber {sub.dotted_path} is annotated with "
-                f"{sub.event_type.__qualname__}, but topic {sub.topic!r} carries "
-                f"{event_class.__qualname__}.",
-                hint=f"Annotate the event parameter as {event_class.__qualname__}, or "
-                "subscribe to the topic of the event you annotated.",
-                obj=sub.handler,
-                id="integration_events.E012",
-            ))
-        if not sub.topic_was_constant:
-            errors.append(checks.Warning(
-                f"Subscriber {sub.dotted_path} names its topic {sub.topic!r} as an inline "
-                "string.",
-                hint="Use the topics constant, e.g. @subscriber(AccountsTopics.USER_DELETED).",
-                obj=sub.handler,
-                id="integration_events.W013",
-            ))
+    return errors
+
+
+def _check_subscription(sub: Any, decls: dict[str, Any]) -> list[checks.CheckMessage]:
+    """E010 (an undeclared topic), E012 (the annotation does not match), W013 (inline)."""
+    expected = decls.get(sub.topic)
+    if not expected:
+        close = [t for t in sorted(decls) if _similar(t, sub.topic)]
+        return [checks.Error(
+            f"Subscriber {sub.dotted_path} (group {sub.group!r}) listens to topic "
+            f"{sub.topic!r}, which no event class declares.",
+            hint=(f"Did you mean {close[0]!r}? " if close else "")
+            + "Subscribe with the topics constant of the event you want.",
+            obj=sub.handler,
+            id="integration_events.E010",
+        )]
+    errors: list[checks.CheckMessage] = []
+    event_class = expected[0].event_class
+    # A pass-through group (a broker bridge) delivers the stored JSON: no annotation to check.
+    if not sub.raw and sub.event_type is None:
+        written = _first_annotation(sub.handler)
+        problem = (
+            f"annotates its first parameter as {written!r}, which does not resolve to an "
+            "IntegrationEvent subclass when the module is loaded (imported only under "
+            "TYPE_CHECKING, or a typo?)"
+            if written else "has no IntegrationEvent annotation on its first parameter"
+        )
+        errors.append(checks.Error(
+            f"Subscriber {sub.dotted_path} {problem}, so its payload cannot be validated.",
+            hint=f"Annotate it: def {sub.handler.__name__}(event: "
+            f"{event_class.__qualname__}, context: MessageContext) -> None",
+            obj=sub.handler,
+            id="integration_events.E012",
+        ))
+    elif not sub.raw and not issubclass(event_class, sub.event_type):
+        errors.append(checks.Error(
+            f"Subscriber {sub.dotted_path} is annotated with "
+            f"{sub.event_type.__qualname__}, but topic {sub.topic!r} carries "
+            f"{event_class.__qualname__}.",
+            hint=f"Annotate the event parameter as {event_class.__qualname__}, or "
+            "subscribe to the topic of the event you annotated.",
+            obj=sub.handler,
+            id="integration_events.E012",
+        ))
+    if not sub.topic_was_constant:
+        errors.append(checks.Warning(
+            f"Subscriber {sub.dotted_path} names its topic {sub.topic!r} as an inline string.",
+            hint="Use the topics constant, e.g. @subscriber(AccountsTopics.USER_DELETED).",
+            obj=sub.handler,
+            id="integration_events.W013",
+        ))
     return errors
 
 

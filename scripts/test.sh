@@ -43,6 +43,7 @@ if [ "${IE_SUITES_ONLY:-0}" != 1 ]; then
 # -- static checks ------------------------------------------------------------------------
 step "ruff" $VPY -m ruff check .
 step "mypy" $VPY -m mypy integration_events accounts equipment files project
+step "import layers (lint-imports)" .venv/bin/lint-imports --no-cache
 step "manage.py check" env DJANGO_SETTINGS_MODULE=project.settings IE_VAR_DIR=var/check \
   $VPY manage.py check --fail-level WARNING
 step "makemigrations --check" env DJANGO_SETTINGS_MODULE=tests.settings IE_VAR_DIR=var/check \
@@ -60,8 +61,9 @@ step "bench smoke (bench/run.py --smoke)" $VPY bench/run.py --smoke
 fi
 
 # -- the suite ----------------------------------------------------------------------------
+# -m "": every marker (a plain pytest leaves out cluster, reliability and browser tests).
 run_pytest "SQLite, Python $($VPY -c 'import platform; print(platform.python_version())'), Django $DJ_NEW" \
-  $VPY IE_DB=sqlite -- "$@"
+  $VPY IE_DB=sqlite -- -m "" "$@"
 
 pg_up() { $VPY - <<'PY' 2>/dev/null
 import psycopg
@@ -69,7 +71,7 @@ psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", connec
 PY
 }
 if pg_up; then
-  run_pytest "PostgreSQL, Django $DJ_NEW" $VPY IE_DB=postgres -- "$@"
+  run_pytest "PostgreSQL, Django $DJ_NEW" $VPY IE_DB=postgres -- -m "" "$@"
 else
   skip "PostgreSQL" "no server at 127.0.0.1:5432 (user postgres); start one to run the suite on it"
 fi

@@ -1,7 +1,7 @@
 """The AMQP (RabbitMQ) transport: connection settings, topology, error mapping.
 
 Needs pika (``pip install django-integration-events[amqp]``). ``AmqpPublisher`` and
-``AmqpConsumer`` live in amqp_publisher.py and amqp_consumer.py and are re-exported here.
+``AmqpConsumer`` live in amqp_publisher.py and amqp_consumer.py, which build on this module.
 """
 
 from __future__ import annotations
@@ -143,16 +143,3 @@ def _conflict(exc: pika.exceptions.ChannelClosedByBroker, what: str,
         return TopologyConflict(f"the broker refused to declare {what}: "
                                 f"{exc.reply_text}; {fix}.")
     return TopologyConflict(f"the broker refused to declare {what}: {describe(exc)}.")
-
-
-def __getattr__(name: str) -> Any:
-    # The classes import this module; re-export them lazily to avoid an import cycle.
-    if name in ("AmqpPublisher", "PublishOutcome", "PublishResult"):
-        from . import amqp_publisher
-
-        return getattr(amqp_publisher, name)
-    if name == "AmqpConsumer":
-        from .amqp_consumer import AmqpConsumer
-
-        return AmqpConsumer
-    raise AttributeError(name)
