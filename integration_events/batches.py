@@ -52,7 +52,10 @@ class _Result:
 
 def _prepare_all(ex: Executor, taken: Claim[ReceivedMessage], rows: list[ReceivedMessage],
                  messages: Messages, stats: PassStats) -> list[Prepared]:
-    counted, lost = ex.count_attempts(taken, rows)
+    # Rows of a chunk that was cut short come back counted already.
+    fresh = [r for r in rows if r.pk not in taken.counted]
+    counted, lost = ex.count_attempts(taken, fresh) if fresh else ([], 0)
+    counted += [r for r in rows if r.pk in taken.counted and r not in counted]
     stats.count(Outcome.LOST, lost)
     prepared: list[Prepared] = []
     for row in counted:
@@ -65,8 +68,9 @@ def _prepare_all(ex: Executor, taken: Claim[ReceivedMessage], rows: list[Receive
 
 
 def run_atomic_chunk(ex: Executor, taken: Claim[ReceivedMessage], rows: list[ReceivedMessage],
-                     messages: Messages) -> PassStats:
-    """Run fresh rows of atomic handlers, as many to a transaction as time allows."""
+                     messages: Messages) -> tuple[PassStats, list[ReceivedMessage]]:
+    """Run fresh rows of atomic handlers in one transaction (rows that fail get theirs);
+    returns the stats and the rows not started when EXECUTE_BATCH_SECONDS ran out."""
     stats = PassStats()
     prepared = _prepare_all(ex, taken, rows, messages, stats)
     savepoints = not get_settings().EXECUTE_OPTIMISTIC
@@ -95,13 +99,13 @@ def run_atomic_chunk(ex: Executor, taken: Claim[ReceivedMessage], rows: list[Rec
             # Some rows were taken over after our lease expired: the whole transaction was
             # rolled back; the rows still ours run again one at a time.
             logger.warning("lease lost during a batch; re-running the rest alone: %s", lost)
-            return stats.add(_rerun_alone(ex, taken, prepared))
+            return stats.add(_rerun_alone(ex, taken, prepared)), []
         taken.done(*(p.row for p in result.succeeded))
         stats.count(Outcome.SUCCEEDED, len(result.succeeded))
         for failed, error in result.failures:
             stats.count(ex.record(taken, failed, error))
-        prepared = result.leftover
-    return stats
+        return stats, [p.row for p in result.leftover]
+    return stats, []
 
 
 def _transaction(ex: Executor, taken: Claim[ReceivedMessage], prepared: list[Prepared],

@@ -39,16 +39,19 @@ class ClaimStrategy(Protocol):
       other claimers (``select_for_update(skip_locked=True)`` when ``skip_locked``). Overdue
       retries go before new rows. A row whose ``error_type`` is ``LEASE_EXPIRED`` is taken
       alone (a claim of that one row).
-    - ``admit`` is asked just before each chunk of claimed rows starts (outside any
-      transaction) and returns the rows that may start now; the rest go back unstarted,
-      without losing an attempt.
-    - ``running`` is entered around each handler run of a claimed row.
+    - ``admit(claim, rows)`` is entered just before each unit of claimed rows starts (outside
+      any transaction; a unit is a chunk that runs in one transaction, a batch, or one row)
+      and yields the rows that may start now; the rest go back unstarted, without losing an
+      attempt. It is exited when the unit is done (release what it acquired there).
+    - ``running(row)`` is entered around each handler run of a claimed row (inside the
+      unit's transaction).
     """
 
     def select(self, qs: MessageQuerySet[Any], limit: int, *, skip_locked: bool) -> list[Any]:
         ...
 
-    def admit(self, rows: list[ReceivedMessage]) -> list[ReceivedMessage]:
+    def admit(self, claim: Claim[ReceivedMessage], rows: list[ReceivedMessage]
+              ) -> AbstractContextManager[list[ReceivedMessage]]:
         ...
 
     def running(self, row: ReceivedMessage) -> AbstractContextManager[None]:
@@ -75,8 +78,9 @@ class OldestFirst:
                 break
         return pks
 
-    def admit(self, rows: list[ReceivedMessage]) -> list[ReceivedMessage]:
-        return rows
+    def admit(self, claim: Claim[ReceivedMessage], rows: list[ReceivedMessage]
+              ) -> AbstractContextManager[list[ReceivedMessage]]:
+        return nullcontext(rows)
 
     def running(self, row: ReceivedMessage) -> AbstractContextManager[None]:
         return nullcontext()
@@ -103,6 +107,8 @@ class Claim(Generic[M]):
     token: uuid.UUID
     rows: list[M]
     finished: set[Any] = field(default_factory=set)
+    # Rows whose attempt is counted although they have not finished (a unit cut short).
+    counted: set[Any] = field(default_factory=set)
 
     def __iter__(self) -> Iterator[M]:
         return iter(self.rows)
@@ -117,12 +123,19 @@ class Claim(Generic[M]):
         return [r for r in self.rows if r.pk not in self.finished]
 
     def hand_back_unstarted(self) -> int:
-        """Return every row not marked done, at once and without using an attempt."""
+        """Return every row not marked done, at once and without using an attempt (one
+        counted for a row that then did not start is given back)."""
         rows = self.unstarted()
         if not rows:
             return 0
         self.done(*rows)
-        return self.model.objects.using(self.using).hand_back([r.pk for r in rows], self.token)
+        manager = self.model.objects.using(self.using)
+        refund = [r.pk for r in rows if r.pk in self.counted]
+        plain = [r.pk for r in rows if r.pk not in self.counted]
+        handed = manager.hand_back(plain, self.token) if plain else 0
+        if refund:
+            handed += manager.hand_back(refund, self.token, refund=True)
+        return int(handed)
 
 
 def claim(model: type[M], using: str, limit: int, claimer: str, strategy: ClaimStrategy, *,

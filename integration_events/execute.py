@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
@@ -38,7 +39,7 @@ from .instrumentation import Hooks
 from .leases import LeaseKeeper
 from .models import PublishedMessage, ReceivedMessage
 from .outcomes import Outcome, PassStats
-from .registry import ExecutionMode, get_subscription, unknown_topic_retry
+from .registry import ExecutionMode, get_subscription, group_limits, unknown_topic_retry
 from .rules import NOT_THE_ROWS_FAULT, STOP_EXCEPTIONS
 from .signals import message_succeeded
 
@@ -80,52 +81,63 @@ class Executor:
             {row.message_id for row in taken})
         try:
             with self._holding(taken.token):
-                for unit in self.plan(taken):
-                    if self.clock() > until:
-                        break
-                    rows = self.strategy.admit(unit)
-                    stats.add(self.run_unit(taken, rows, messages))
+                units = deque(self.plan(taken))
+                while units and self.clock() <= until:
+                    with self.strategy.admit(taken, units.popleft()) as rows:
+                        done, leftover = self.run_unit(taken, rows, messages)
+                    stats.add(done)
+                    if leftover:  # cut short by EXECUTE_BATCH_SECONDS: admitted again
+                        units.appendleft(leftover)
         finally:
             # Not started (budget spent, not admitted, or a stop exception): back at once.
             self._hand_back_quietly(taken)
         return stats, len(taken) >= limit
 
     def plan(self, taken: Claim[ReceivedMessage]) -> Iterator[list[ReceivedMessage]]:
-        """The units of a claim: chunks of fresh atomic rows, a batch per batch-handler group,
-        then every other row alone."""
+        """The units of a claim, in claim order within each kind: chunks of fresh atomic rows
+        (a group with a concurrency limit in chunks of its own), a batch per batch-handler
+        group, then every other row alone (rows of a rate-limited group too: each start is
+        granted just before it, outside any transaction)."""
         size = get_settings().EXECUTE_BATCH_SIZE
-        chunkable: list[ReceivedMessage] = []
+        limits = group_limits()
+        chunks: dict[str, list[ReceivedMessage]] = {}
         batches: dict[str, list[ReceivedMessage]] = {}
         singles: list[ReceivedMessage] = []
         for row in taken:
             sub = get_subscription(row.topic, row.group)
             mode = sub.mode if sub is not None else None
+            limit = limits.get(row.group)
             if mode is ExecutionMode.BATCH:
                 batches.setdefault(row.group, []).append(row)
-            elif mode is ExecutionMode.ATOMIC and row.attempts == 0 and size > 1:
-                chunkable.append(row)
+            elif (mode is ExecutionMode.ATOMIC and row.attempts == 0 and size > 1
+                  and (limit is None or limit.rate_limit is None)):
+                # Unlimited groups share chunks ("" key); a limited group gets its own.
+                chunks.setdefault(row.group if limit else "", []).append(row)
             else:
                 singles.append(row)
-        for rows in (chunkable, *batches.values()):
+        for rows in (*chunks.values(), *batches.values()):
             for start in range(0, len(rows), size):
                 yield rows[start:start + size]
         for row in singles:
             yield [row]
 
     def run_unit(self, taken: Claim[ReceivedMessage], rows: list[ReceivedMessage],
-                 messages: dict[Any, PublishedMessage]) -> PassStats:
+                 messages: dict[Any, PublishedMessage]
+                 ) -> tuple[PassStats, list[ReceivedMessage]]:
+        """Run one unit; returns its stats and the rows it did not start (a chunk cut short by
+        EXECUTE_BATCH_SECONDS; their attempt is counted, see ``Claim.counted``)."""
         if not rows:
-            return PassStats()
+            return PassStats(), []
         sub = get_subscription(rows[0].topic, rows[0].group)
         if sub is not None and sub.mode is ExecutionMode.BATCH:
-            return run_batch_handler(self, taken, rows, messages, sub)
-        if len(rows) > 1:
+            return run_batch_handler(self, taken, rows, messages, sub), []
+        if len(rows) > 1 or rows[0].pk in taken.counted:
             return run_atomic_chunk(self, taken, rows, messages)
         stats = PassStats()
         outcome = self.run_single(taken, rows[0], messages.get(rows[0].message_id))
         if outcome is not None:
             stats.count(outcome)
-        return stats
+        return stats, []
 
     # --- shared steps -------------------------------------------------------------------------
 
@@ -143,6 +155,7 @@ class Executor:
         for row in rows:
             if row.pk in held:
                 row.attempts += 1
+                taken.counted.add(row.pk)
                 counted.append(row)
             else:
                 logger.warning("lease lost before start %s", log_fields(row))

@@ -268,7 +268,8 @@ class ReceivedMessage(MessageBase):
         indexes = [
             models.Index(fields=["status", "next_attempt_at"], name="ie_recv_due"),
             models.Index(fields=["status", "lease_until"], name="ie_recv_lease"),
-            models.Index(fields=["group", "status"], name="ie_recv_group"),
+            # Claims by group (fair claiming, flow control) and the admin's counts per group.
+            models.Index(fields=["group", "status", "next_attempt_at"], name="ie_recv_group_due"),
             models.Index(fields=["topic", "created_at"], name="ie_recv_topic"),
             models.Index(fields=["created_at"], name="ie_recv_created"),
             # The admin overview's delivered rate and 24-hour history (succeeded by finished_at).
@@ -317,6 +318,43 @@ class GroupState(models.Model):
 
     def __str__(self) -> str:
         return self.group
+
+
+class GroupSlot(models.Model):
+    """One of a group's ``max_concurrency`` slots: held (under a claim's token, with a lease
+    in database time like the messages') while a worker runs that group's handlers."""
+
+    group = models.CharField(max_length=100)
+    slot = models.PositiveSmallIntegerField()
+    holder = models.CharField(max_length=64, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "group slot"
+        verbose_name_plural = "group slots"
+        constraints = [
+            models.UniqueConstraint(fields=["group", "slot"], name="ie_slot_group_slot"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group}#{self.slot}"
+
+
+class RateGrant(models.Model):
+    """One handler start granted under a group's ``rate_limit``, stamped with the database's
+    statement clock; the grants of the last window decide the next one."""
+
+    id = models.BigAutoField(primary_key=True)
+    group = models.CharField(max_length=100)
+    granted_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        verbose_name = "rate grant"
+        verbose_name_plural = "rate grants"
+        indexes = [models.Index(fields=["group", "granted_at"], name="ie_grant_group_at")]
+
+    def __str__(self) -> str:
+        return f"{self.group} {self.granted_at}"
 
 
 class WorkerNode(models.Model):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import enum
 import inspect
+import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
@@ -45,6 +46,30 @@ class ExecutionMode(enum.StrEnum):
     """Outside any transaction, one delivery at a time (handlers that only call out)."""
     BATCH = "batch"
     """A batch handler gets many deliveries at once and reports each one's outcome."""
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most ``starts`` handler starts in any window of ``seconds``."""
+
+    starts: int
+    seconds: float
+
+    def __str__(self) -> str:
+        unit = {1.0: "s", 60.0: "m", 3600.0: "h"}.get(self.seconds, f"{self.seconds:g}s")
+        return f"{self.starts}/{unit}"
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+
+
+def parse_rate(text: str) -> Rate:
+    """"10/s", "600/m", "1000/h" -> Rate; ValueError for anything else."""
+    match = _RATE.match(text) if isinstance(text, str) else None
+    if match is None or int(match.group(1)) < 1:
+        raise ValueError(f"rate_limit must look like '10/s', '600/m' or '1000/h', got {text!r}")
+    seconds = {"s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)[0]]
+    return Rate(int(match.group(1)), seconds)
 
 
 _retry_memo: dict[RetryOverrides, tuple[IntegrationEventsSettings, RetryStrategy]] = {}
@@ -90,6 +115,10 @@ class Subscription:
     # Deliver the stored JSON as is (no event class validates it): for pass-through groups
     # such as a broker bridge.
     raw: bool = False
+    # Flow control for the whole group (docs/flow-control.md): at most this many handlers of
+    # the group running at once across every cluster; at most this many starts per window.
+    max_concurrency: int | None = None
+    rate_limit: Rate | None = None
 
     @property
     def dotted_path(self) -> str:
@@ -141,6 +170,8 @@ def subscriber(
     retry_base_delay: float | None = None,
     retry_max_delay: float | None = None,
     retry_jitter: float | None = None,
+    max_concurrency: int | None = None,
+    rate_limit: str | None = None,
 ) -> Callable[[Handler], Handler]:
     """Register the decorated function as ``group``'s handler for ``topic``.
 
@@ -151,7 +182,9 @@ def subscriber(
     they happen once however often the message is delivered; set ``atomic=False`` for a
     handler that only calls outside systems (it must then be idempotent itself).
     ``max_attempts``, the retry delays and ``retry_jitter`` override the INTEGRATION_EVENTS
-    defaults.
+    defaults. ``max_concurrency`` (handlers of the group running at once across every cluster)
+    and ``rate_limit`` ("10/s", "600/m", "1000/h": starts in any window of that length) limit
+    the whole group (docs/flow-control.md).
     """
     topic_value = str(topic.value) if isinstance(topic, enum.Enum) else str(topic)
     if not topic_value:
@@ -164,8 +197,12 @@ def subscriber(
     )
     try:
         RetryStrategy().with_overrides(**dict(overrides))
+        rate = parse_rate(rate_limit) if rate_limit is not None else None
     except ValueError as exc:
         raise ImproperlyConfigured(f"subscriber({topic_value!r}): {exc}") from exc
+    if max_concurrency is not None and not 1 <= max_concurrency <= 1000:
+        raise ImproperlyConfigured(
+            f"subscriber({topic_value!r}): max_concurrency must be between 1 and 1000")
 
     def decorator(handler: Handler) -> Handler:
         event_type, wants_context = _event_type_of(handler)
@@ -187,6 +224,8 @@ def subscriber(
             atomic=atomic,
             topic_was_constant=isinstance(topic, enum.Enum),
             retry_overrides=overrides,
+            max_concurrency=max_concurrency,
+            rate_limit=rate,
         )
         groups = _subscriptions.setdefault(topic_value, {})
         existing = groups.get(group_name)
@@ -267,6 +306,31 @@ def groups_for(message: PublishedMessage) -> dict[str, Subscription]:
         for group, sub in resolver.groups_for(message).items():
             merged.setdefault(group, sub)
     return merged
+
+
+class GroupLimits(NamedTuple):
+    max_concurrency: int | None
+    rate_limit: Rate | None
+
+    @property
+    def limited(self) -> bool:
+        return self.max_concurrency is not None or self.rate_limit is not None
+
+
+NO_LIMITS = GroupLimits(None, None)
+
+
+def group_limits() -> dict[str, GroupLimits]:
+    """The flow-control limits of every group that declares one (the first subscription of
+    the group that declares a limit wins; check E013 reports groups that disagree)."""
+    limits: dict[str, GroupLimits] = {}
+    for sub in all_subscriptions():
+        if sub.max_concurrency is None and sub.rate_limit is None:
+            continue
+        current = limits.get(sub.group, NO_LIMITS)
+        limits[sub.group] = GroupLimits(current.max_concurrency or sub.max_concurrency,
+                                        current.rate_limit or sub.rate_limit)
+    return limits
 
 
 def get_subscription(topic: str, group: str) -> Subscription | None:

@@ -43,9 +43,10 @@ class OneGroupOnly(OldestFirst):
     def select(self, qs: Any, limit: int, *, skip_locked: bool) -> list[Any]:
         return super().select(qs.filter(group=self.group), limit, skip_locked=skip_locked)
 
-    def admit(self, rows: list[ReceivedMessage]) -> list[ReceivedMessage]:
+    def admit(self, claim: Any, rows: list[ReceivedMessage]
+              ) -> AbstractContextManager[list[ReceivedMessage]]:
         self.admitted.append([r.group for r in rows])
-        return rows[:1]  # one row per chunk may start; the others go back unstarted
+        return nullcontext(rows[:1])  # one row of the unit may start; the others go back
 
     def running(self, row: ReceivedMessage) -> AbstractContextManager[None]:
         self.ran.append(row.group)

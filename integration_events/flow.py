@@ -1,0 +1,350 @@
+"""Flow control: fair claiming across groups, per-group concurrency and rate limits, pause.
+
+:class:`FairShare` is the default claim strategy (``CLAIM_STRATEGY``). What it guarantees and
+what it costs is in docs/flow-control.md; in short:
+
+- **Fair.** While there is a backlog (more due rows than a claim takes), a pass gives each
+  group with due rows about EXECUTE_BATCH_SECONDS of work: ``share = EXECUTE_BATCH_SECONDS /
+  the group's recent seconds per handler`` rows, fast groups first. Groups the oldest rows
+  do not show are looked up one by one on the (group, status, next_attempt_at) index. Each
+  group also has that much time per pass: a unit of a group that has used it goes back
+  unstarted. Retries go before new rows within a group.
+- **Paused or backing off.** Claims skip such groups in the same statement; before each unit
+  the strategy re-checks them at most every POLL_INTERVAL, so no handler of a group starts
+  later than about one poll interval after ``pause_group`` returns.
+- **max_concurrency.** A unit of the group runs holding one of its slots (GroupSlot), taken
+  and committed before the unit starts and leased like a claim.
+- **rate_limit.** Each start is granted just before it, in its own committed transaction that
+  counts the grants of the last window (RateGrant, stamped with the database's clock) under a
+  lock on the group's GroupState row.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db import IntegrityError, connections, transaction
+from django.db.models import Q
+from django.db.models.functions import Now
+
+from .claims import LEASE_EXPIRED, Claim, OldestFirst
+from .conf import get_settings
+from .models import (
+    GroupSlot,
+    GroupState,
+    MessageQuerySet,
+    MessageStatus,
+    RateGrant,
+    ReceivedMessage,
+    after,
+)
+from .registry import GroupLimits, Rate, all_subscriptions, group_limits
+
+# A group never seen (no timing yet) is given this many rows in a pass with a backlog.
+UNKNOWN_SHARE = 10
+# Weight of the newest handler time in a group's moving average.
+EWMA_ALPHA = 0.3
+# A rate-limited start waits at most this long for its grant before it goes back.
+MAX_GRANT_WAIT = 2.0
+
+
+@dataclass
+class _Pass:
+    """What one pass (one claim) of one thread knows."""
+
+    started: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)  # handler time per group
+    checked_at: float = 0.0  # when paused / backing-off groups were last looked up
+    held_back: set[str] = field(default_factory=set)
+
+
+class FairShare(OldestFirst):
+    """The default claim strategy: fair across groups and the group limits (module doc)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        # Seconds per handler run, per group (a moving average over this process's runs).
+        self.cost: dict[str, float] = {}
+        # Groups whose own lookup found no due row, and when (skipped for a while).
+        self.empty_at: dict[str, float] = {}
+        self._local = threading.local()
+
+    @property
+    def current(self) -> _Pass:
+        state: _Pass | None = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = _Pass()
+        return state
+
+    # --- claiming -----------------------------------------------------------------------------
+
+    def share(self, group: str, limit: int) -> int:
+        cost = self.cost.get(group)
+        if cost is None:
+            return min(limit, UNKNOWN_SHARE)
+        budget = get_settings().EXECUTE_BATCH_SECONDS
+        return max(1, min(limit, int(budget / max(cost, 1e-6))))
+
+    def select(self, qs: MessageQuerySet[Any], limit: int, *, skip_locked: bool) -> list[Any]:
+        if qs.model is not ReceivedMessage:
+            return super().select(qs, limit, skip_locked=skip_locked)
+        now = self.clock()
+        self._local.state = _Pass(started=now, checked_at=now)
+        limits = group_limits()
+        full = full_groups(qs.db, limits) if any(
+            lim.max_concurrency for lim in limits.values()) else set()
+        window = self._window(qs, limit + 1, skip_locked, exclude=full)
+        if window and window[0][2] == LEASE_EXPIRED:
+            return [window[0][0]]  # a row back from an expired lease is claimed alone
+        window = _before_first_suspect(window)
+        if len(window) <= limit:  # everything due is in hand: no backlog to share
+            return self._fast_first(window)
+        taken: dict[str, list[Any]] = {}
+        for pk, group, _kind in window:
+            rows = taken.setdefault(group, [])
+            if len(rows) < self.share(group, limit):
+                rows.append(pk)
+        # Groups whose rows are newer than the window: each looked up on its own index range.
+        for group in sorted(registered_groups() - set(taken) - full):
+            if now - self.empty_at.get(group, float("-inf")) < _recheck_after():
+                continue
+            rows = self._group_rows(qs, group, self.share(group, limit), skip_locked)
+            if rows:
+                taken[group] = rows
+            else:
+                self.empty_at[group] = now
+        order = sorted(taken, key=lambda g: self.cost.get(g, 0.0))
+        return [pk for group in order for pk in taken[group]][:limit]
+
+    def _window(self, qs: MessageQuerySet[Any], limit: int, skip_locked: bool,
+                exclude: set[str]) -> list[tuple[Any, str, str]]:
+        """The oldest due rows across groups: (pk, group, error_type), retries first."""
+        rows: list[tuple[Any, str, str]] = []
+        for status in (MessageStatus.RETRYING, MessageStatus.PENDING):
+            due = qs.claimable(status)
+            if exclude:
+                due = due.exclude(group__in=sorted(exclude))
+            if skip_locked:
+                due = due.select_for_update(skip_locked=True)
+            rows += due.values_list("pk", "group", "error_type")[: limit - len(rows)]
+            if len(rows) >= limit:
+                break
+        return rows
+
+    def _group_rows(self, qs: MessageQuerySet[Any], group: str, share: int,
+                    skip_locked: bool) -> list[Any]:
+        """Up to ``share`` due rows of one group, retries first (an index range each)."""
+        pks: list[Any] = []
+        for status in (MessageStatus.RETRYING, MessageStatus.PENDING):
+            due = qs.filter(group=group).claimable(status)
+            if skip_locked:
+                due = due.select_for_update(skip_locked=True)
+            for pk, kind in due.values_list("pk", "error_type")[: share - len(pks)]:
+                if kind == LEASE_EXPIRED:
+                    return pks or [pk]
+                pks.append(pk)
+            if len(pks) >= share:
+                break
+        return pks
+
+    def _fast_first(self, window: list[tuple[Any, str, str]]) -> list[Any]:
+        """The rows in hand, the groups with the cheapest handlers first (stable: oldest
+        first within a group)."""
+        return [pk for pk, group, _ in sorted(window, key=lambda r: self.cost.get(r[1], 0.0))]
+
+    # --- admitting and running ----------------------------------------------------------------
+
+    @contextmanager
+    def admit(self, claim: Claim[ReceivedMessage], rows: list[ReceivedMessage]
+              ) -> Iterator[list[ReceivedMessage]]:
+        state = self.current
+        rows = [r for r in rows if r.group not in self._held_back(claim.using, state)]
+        budget = get_settings().EXECUTE_BATCH_SECONDS
+        rows = [r for r in rows if state.seconds.get(r.group, 0.0) < budget]
+        if not rows:
+            yield []
+            return
+        limits = group_limits().get(rows[0].group)
+        if limits is None or not limits.limited:
+            yield rows
+            return
+        with self._limited(claim, rows, limits) as admitted:
+            yield admitted
+
+    @contextmanager
+    def _limited(self, claim: Claim[ReceivedMessage], rows: list[ReceivedMessage],
+                 limits: GroupLimits) -> Iterator[list[ReceivedMessage]]:
+        group, holder = rows[0].group, str(claim.token)
+        if limits.rate_limit is not None and not grant(claim.using, group, limits.rate_limit,
+                                                       clock=self.clock):
+            yield []
+            return
+        if limits.max_concurrency is None:
+            yield rows
+            return
+        slot = acquire_slot(claim.using, group, limits.max_concurrency, holder)
+        if slot is None:
+            yield []
+            return
+        try:
+            yield rows
+        finally:
+            release_slot(claim.using, slot, holder)
+
+    def running(self, row: ReceivedMessage) -> AbstractContextManager[None]:
+        return _timed(self, row.group)
+
+    def _held_back(self, using: str, state: _Pass) -> set[str]:
+        now = self.clock()
+        if now - state.checked_at >= get_settings().POLL_INTERVAL:
+            state.held_back = set(GroupState.objects.using(using).held_back()
+                                  .values_list("group", flat=True))
+            state.checked_at = now
+        return state.held_back
+
+    def observe(self, group: str, seconds: float) -> None:
+        """One handler run of ``group`` took ``seconds``."""
+        previous = self.cost.get(group)
+        self.cost[group] = seconds if previous is None else (
+            EWMA_ALPHA * seconds + (1 - EWMA_ALPHA) * previous)
+        state = self.current
+        state.seconds[group] = state.seconds.get(group, 0.0) + seconds
+        self.empty_at.pop(group, None)
+
+
+@contextmanager
+def _timed(strategy: FairShare, group: str) -> Iterator[None]:
+    started = strategy.clock()
+    try:
+        yield
+    finally:
+        strategy.observe(group, strategy.clock() - started)
+
+
+def _recheck_after() -> float:
+    return get_settings().EXECUTE_BATCH_SECONDS
+
+
+def _before_first_suspect(window: list[tuple[Any, str, str]]) -> list[tuple[Any, str, str]]:
+    for index, (_pk, _group, kind) in enumerate(window):
+        if kind == LEASE_EXPIRED:
+            return window[:index]
+    return window
+
+
+def registered_groups() -> set[str]:
+    """Every group a subscriber or a resolver declares."""
+    return {sub.group for sub in all_subscriptions()}
+
+
+# --- max_concurrency: slots -------------------------------------------------------------------
+
+
+def _free(group: str, limit: int) -> Q:
+    return Q(group=group, slot__lt=limit) & (Q(holder="") | Q(lease_until__lt=Now()))
+
+
+def full_groups(using: str, limits: dict[str, GroupLimits]) -> set[str]:
+    """Groups with a concurrency limit whose every slot is held (their rows are not claimed)."""
+    limited = {g: lim.max_concurrency for g, lim in limits.items() if lim.max_concurrency}
+    if not limited:
+        return set()
+    free = Q()
+    for group, limit in limited.items():
+        free |= _free(group, limit)
+    with_free = set(GroupSlot.objects.using(using).filter(free).values_list("group", flat=True))
+    existing = set(GroupSlot.objects.using(using).filter(group__in=limited)
+                   .values_list("group", flat=True).distinct())
+    # A group without slot rows yet has all its slots free.
+    return {g for g in limited if g in existing and g not in with_free}
+
+
+def acquire_slot(using: str, group: str, limit: int, holder: str) -> int | None:
+    """Take one of ``group``'s ``limit`` slots for ``holder`` (committed at once, leased for
+    LEASE_SECONDS and renewed by the lease keeper); None when every slot is held."""
+    manager = GroupSlot.objects.using(using)
+    existing = set(manager.filter(group=group, slot__lt=limit).values_list("slot", flat=True))
+    for number in sorted(set(range(limit)) - existing):
+        # A concurrent worker may create the same slot row: then it exists, which is all
+        # this needs (a savepoint keeps an enclosing transaction usable).
+        try:
+            with transaction.atomic(using=using):
+                manager.create(group=group, slot=number)
+        except IntegrityError:
+            pass
+    skip_locked = connections[using].features.has_select_for_update_skip_locked
+    with transaction.atomic(using=using):
+        free = manager.filter(_free(group, limit)).order_by("slot")
+        if skip_locked:
+            free = free.select_for_update(skip_locked=True)
+        for pk in free.values_list("pk", flat=True)[:limit]:
+            # Compare-and-set where rows are not locked (SQLite's single writer).
+            if manager.filter(Q(pk=pk) & _free(group, limit)).update(
+                    holder=holder, lease_until=after(get_settings().LEASE_SECONDS)):
+                return int(pk)
+    return None
+
+
+def release_slot(using: str, slot: int, holder: str) -> None:
+    GroupSlot.objects.using(using).filter(pk=slot, holder=holder).update(
+        holder="", lease_until=None)
+
+
+def renew_slots(using: str, holders: list[str], seconds: float) -> int:
+    """Push the lease of the slots these claims hold (the lease keeper calls this)."""
+    return int(GroupSlot.objects.using(using).filter(holder__in=holders).update(
+        lease_until=after(seconds)))
+
+
+# --- rate_limit: grants -----------------------------------------------------------------------
+
+
+def grant(using: str, group: str, rate: Rate, *, clock: Callable[[], float] = time.monotonic,
+          max_wait: float = MAX_GRANT_WAIT) -> bool:
+    """Grant one start of ``group`` now if the last ``rate.seconds`` hold fewer than
+    ``rate.starts`` grants; wait (up to ``max_wait``) for the oldest to leave the window
+    otherwise. Each attempt is its own transaction, serialised per group by a lock on its
+    GroupState row; the grant is stamped with the database's statement clock."""
+    deadline = clock() + max_wait
+    while True:
+        wait = _try_grant(using, group, rate)
+        if wait is None:
+            return True
+        if clock() + wait > deadline:
+            return False
+        time.sleep(max(wait, 0.001))
+
+
+def _try_grant(using: str, group: str, rate: Rate) -> float | None:
+    """None when granted, else the seconds until the window has room."""
+    window = timedelta(seconds=rate.seconds)
+    states = GroupState.objects.using(using)
+    if not states.filter(group=group).exists():
+        try:
+            with transaction.atomic(using=using):
+                states.create(group=group)
+        except IntegrityError:
+            pass  # created by a concurrent worker meanwhile
+    with transaction.atomic(using=using):
+        # The group's row is the lock that serialises its grants across every cluster.
+        locked = states.select_for_update().filter(group=group).annotate(db_now=Now())
+        now = locked.values_list("db_now", flat=True).get()
+        recent = list(
+            RateGrant.objects.using(using).filter(group=group, granted_at__gt=now - window)
+            .order_by("-granted_at").values_list("granted_at", flat=True)[: rate.starts])
+        if len(recent) < rate.starts:
+            RateGrant.objects.using(using).create(group=group)
+            return None
+        return max(0.0, (recent[-1] + window - now).total_seconds())
+
+
+def delete_old_grants(using: str, older_than: float = 3600.0) -> int:
+    """Grants older than every window that could still count them (the sweep calls this)."""
+    return int(RateGrant.objects.using(using).filter(
+        granted_at__lt=Now() - timedelta(seconds=older_than))._raw_delete(using))
