@@ -1,16 +1,12 @@
-"""The admin dashboard: pages, permissions, actions, escaping, and big-table habits."""
+"""The message admins: lists, filters, search, detail pages, permissions and actions."""
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib import admin
-from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -23,80 +19,33 @@ from integration_events.models import (
     MessageStatus,
     PublishedMessage,
     ReceivedMessage,
-    WorkerNode,
     uuid7,
 )
-from integration_events.registry import subscriber, unregister
 from integration_events.testing import deliver_pending
+from tests.admin_helpers import (
+    CHANGE,
+    DELETE,
+    LIST_PAGES,
+    LIVE,
+    NODES,
+    OVERVIEW,
+    PUB_LIST,
+    RECV_LIST,
+    SUBSCRIBERS,
+    VIEW,
+    XSS,
+    XSS_ESCAPED,
+    failed_message,
+    make_user,
+    text_of,
+)
 from tests.eventapp.events import ProbeHappened
 
+pytest_plugins = ["tests.admin_fixtures"]
 pytestmark = pytest.mark.django_db
 
-XSS = '<script>alert("x")</script><b onmouseover="evil()">'
-XSS_ESCAPED = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"
 
-OVERVIEW = "admin:integration_events_overview"
-LIVE = "admin:integration_events_live"
-SUBSCRIBERS = "admin:integration_events_subscribers"
-NODES = "admin:integration_events_nodes"
-PUB_LIST = "admin:integration_events_publishedmessage_changelist"
-RECV_LIST = "admin:integration_events_receivedmessage_changelist"
-DASHBOARD_PAGES = (OVERVIEW, LIVE, SUBSCRIBERS, NODES, PUB_LIST, RECV_LIST)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache() -> None:
-    # The overview caches the counts of hours that are over (dashboard.series).
-    from django.core.cache import cache
-
-    cache.clear()
-
-
-def make_user(name: str, *, staff: bool = True, perms: tuple[str, ...] = ()) -> Client:
-    user = User.objects.create_user(name, password="pw", is_staff=staff)
-    for codename in perms:
-        user.user_permissions.add(Permission.objects.get(
-            content_type__app_label="integration_events", codename=codename))
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-VIEW = ("view_publishedmessage", "view_receivedmessage", "view_workernode")
-CHANGE = ("change_publishedmessage", "change_receivedmessage")
-DELETE = ("delete_publishedmessage", "delete_receivedmessage")
-
-
-@pytest.fixture
-def admin_client_() -> Client:
-    User.objects.create_superuser("root", "root@example.com", "pw")
-    client = Client()
-    client.login(username="root", password="pw")
-    return client
-
-
-@pytest.fixture
-def viewer() -> Client:
-    return make_user("viewer", perms=VIEW)
-
-
-@pytest.fixture
-def operator() -> Client:
-    return make_user("operator", perms=VIEW + CHANGE)
-
-
-def failed_message(behaviour: str = "fail", n: int = 1, text: str = "") -> PublishedMessage:
-    """A message whose group probe-a handler fails every attempt (until it is told not to)."""
-    message = publish(ProbeHappened(n=n, behaviour=behaviour, only_group="probe-a", text=text))
-    deliver_pending(include_delayed=True)
-    return message
-
-
-def text_of(response: Any) -> str:
-    return response.content.decode()
-
-
-# --- badges and read-only -----------------------------------------------------------------------
+# --- badges and read-only -------------------------------------------------------------------------
 
 
 def test_every_status_has_a_badge_colour() -> None:
@@ -121,78 +70,10 @@ def test_messages_cannot_be_added_or_edited(admin_client_: Client) -> None:
     assert message.status == MessageStatus.PENDING
 
 
-# --- overview and live endpoint -----------------------------------------------------------------
+# --- permissions ----------------------------------------------------------------------------------
 
 
-def test_overview_shows_counts_lag_rates_and_charts(admin_client_: Client) -> None:
-    for n in range(3):
-        publish(ProbeHappened(n=n))
-    deliver_pending()
-    failed_message(n=9)
-    publish(ProbeHappened(n=10))  # pending, due now: the lag
-    PublishedMessage.objects.filter(status=MessageStatus.PENDING).update(
-        next_attempt_at=timezone.now() - timedelta(minutes=5))
-    response = admin_client_.get(reverse(OVERVIEW))
-    assert response.status_code == 200
-    body = text_of(response)
-    live = response.context["live"]
-    assert live["published"]["succeeded"] == 4
-    assert live["published"]["pending"] == 1
-    assert live["received"]["probe-a"]["failed"] == 1
-    assert live["received"]["probe-a"]["succeeded"] == 3
-    assert live["received"]["probe-b"]["succeeded"] == 4
-    assert live["lag"]["published"] >= 299
-    assert "5 min" in response.context["lag_published"]
-    assert live["per_second"]["published"] > 0
-    assert sum(live["rates"]["delivered"]) > 0
-    assert body.count("<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"ie-chart\"") == 2
-    assert "ie-series-published" in body and "ie-series-failed" in body
-    assert response.context["history"]["totals"]["published"] == 5
-    assert response.context["history"]["totals"]["failed"] == 1
-    assert "integration_events/admin/overview.js" in body
-    assert "http://" not in body.replace('xmlns="http://www.w3.org/2000/svg"', "").replace(
-        "http://testserver", "")
-
-
-def test_live_endpoint_returns_json_rates_and_counts(admin_client_: Client) -> None:
-    publish(ProbeHappened(n=1))
-    deliver_pending()
-    response = admin_client_.get(reverse(LIVE))
-    assert response.status_code == 200
-    assert response["Content-Type"] == "application/json"
-    data = json.loads(response.content)
-    assert data["published"]["succeeded"] == 1
-    assert data["received"]["probe-a"]["succeeded"] == 1
-    assert len(data["rates"]["published"]) == 30
-    assert sum(data["rates"]["published"]) == pytest.approx(0.1)
-    assert data["chart"].startswith("<svg")
-    assert "no-cache" in response["Cache-Control"] or "max-age=0" in response["Cache-Control"]
-
-
-def test_rates_fall_in_the_right_buckets_and_history_hours() -> None:
-    from integration_events import dashboard
-
-    now = timezone.now()
-    old = publish(ProbeHappened(n=1))
-    PublishedMessage.objects.filter(pk=old.pk).update(created_at=now - timedelta(hours=3))
-    publish(ProbeHappened(n=2))
-    history = dashboard.history(now)
-    assert sum(r["published"] for r in history["rows"]) == 2
-    assert history["rows"][-1]["published"] == 1
-    assert history["rows"][-4]["published"] == 1
-    live = dashboard.live_rates(now + timedelta(seconds=1))
-    assert sum(live["rates"]["published"]) == pytest.approx(1 / dashboard.RATE_BUCKET_SECONDS)
-    # Hours that are over come from the cache; the current hour is always counted afresh.
-    PublishedMessage.objects.all().delete()
-    again = dashboard.history(now)
-    assert again["rows"][-4]["published"] == 1
-    assert again["rows"][-1]["published"] == 0
-
-
-# --- permissions --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("page", DASHBOARD_PAGES)
+@pytest.mark.parametrize("page", LIST_PAGES)
 def test_anonymous_gets_nothing(page: str) -> None:
     publish(ProbeHappened(n=1, text="secret-payload"))
     response = Client().get(reverse(page))
@@ -201,7 +82,7 @@ def test_anonymous_gets_nothing(page: str) -> None:
     assert b"secret-payload" not in response.content
 
 
-@pytest.mark.parametrize("page", DASHBOARD_PAGES)
+@pytest.mark.parametrize("page", LIST_PAGES)
 def test_non_staff_gets_nothing_even_with_permissions(page: str) -> None:
     client = make_user("outsider", staff=False, perms=VIEW + CHANGE + DELETE)
     response = client.get(reverse(page))
@@ -209,7 +90,7 @@ def test_non_staff_gets_nothing_even_with_permissions(page: str) -> None:
     assert "/login/" in response["Location"]
 
 
-@pytest.mark.parametrize("page", DASHBOARD_PAGES)
+@pytest.mark.parametrize("page", LIST_PAGES)
 def test_staff_without_view_permission_is_refused(page: str) -> None:
     client = make_user("bystander")
     response = client.get(reverse(page))
@@ -272,7 +153,7 @@ def test_delete_permission_deletes() -> None:
     assert not ReceivedMessage.objects.filter(message_id=message.pk).exists()
 
 
-# --- actions ------------------------------------------------------------------------------------
+# --- actions --------------------------------------------------------------------------------------
 
 
 def test_requeue_runs_a_failed_receipt_again_until_it_succeeds(
@@ -343,7 +224,56 @@ def test_reexecute_runs_a_received_message_again(operator: Client) -> None:
     assert Delivery.objects.filter(group="probe-a").count() == 1
 
 
-# --- lists: filters, search, counts -------------------------------------------------------------
+@pytest.mark.skipif(not hasattr(admin, "ActionLocation"),
+                    reason="actions on the change form need Django 6.1")
+def test_detail_page_offers_the_actions_for_its_message(operator: Client,
+                                                        viewer: Client) -> None:
+    message = failed_message()
+    receipt = ReceivedMessage.objects.get(message=message, group="probe-a")
+    url = reverse("admin:integration_events_receivedmessage_change", args=[receipt.pk])
+    assert 'value="reexecute"' not in text_of(viewer.get(url))
+    assert 'value="reexecute"' in text_of(operator.get(url))
+    # A viewer posting the detail page's action does nothing.
+    viewer.post(url, {"CHANGE_FORM-action": "reexecute", "_selected_action": str(receipt.pk)})
+    receipt.refresh_from_db()
+    assert receipt.status == MessageStatus.FAILED
+    response = operator.post(url, {"CHANGE_FORM-action": "reexecute",
+                                   "_selected_action": str(receipt.pk)}, follow=True)
+    assert "1 message(s) queued to run again" in text_of(response)
+    assert response.redirect_chain[-1][0].endswith(url)
+    receipt.refresh_from_db()
+    assert receipt.status == MessageStatus.PENDING
+    pub_body = text_of(operator.get(
+        reverse("admin:integration_events_publishedmessage_change", args=[message.pk])))
+    assert 'value="requeue"' in pub_body and 'value="publish_now"' in pub_body
+
+
+def test_actions_hand_big_selections_over_in_batches(
+    operator: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from integration_events import admin as ie_admin
+    from integration_events import operations
+
+    monkeypatch.setattr(ie_admin, "ACTION_BATCH_SIZE", 2)
+    batches: list[int] = []
+    real = operations.publish_now
+
+    def spy(items: Any, using: str = "default") -> int:
+        batches.append(len(list(items)))
+        return real(items, using=using)
+
+    monkeypatch.setattr(operations, "publish_now", spy)
+    messages = [publish(ProbeHappened(n=n), delay=3600) for n in range(5)]
+    response = operator.post(reverse(PUB_LIST), {
+        "action": "publish_now", "select_across": "1", "index": "0",
+        "_selected_action": [str(m.pk) for m in messages],
+    }, follow=True)
+    assert "5 message(s) made due now" in text_of(response)
+    assert batches == [2, 2, 1]
+    assert deliver_pending().dispatched == 5
+
+
+# --- lists: filters, search, counts ---------------------------------------------------------------
 
 
 def test_topic_filter_choices_come_from_the_registry(admin_client_: Client) -> None:
@@ -445,7 +375,17 @@ def test_sorting_is_limited_to_indexed_columns(admin_client_: Client) -> None:
     assert response.context["cl"].sortable_by == ("created_at",)
 
 
-# --- detail pages -------------------------------------------------------------------------------
+def test_facet_counts_are_never_offered(admin_client_: Client) -> None:
+    publish(ProbeHappened(n=1))
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client_.get(reverse(PUB_LIST), {"_facets": "True"})
+    assert response.status_code == 200
+    assert "Show counts" not in text_of(response)
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert all("LIMIT" in sql.upper() for sql in counts), counts
+
+
+# --- detail pages ---------------------------------------------------------------------------------
 
 
 def test_published_detail_shows_payload_headers_chain_and_receipts(admin_client_: Client) -> None:
@@ -502,156 +442,3 @@ def test_html_in_payload_headers_and_errors_is_escaped_everywhere(admin_client_:
     assert XSS_ESCAPED.replace("&quot;", '\\&quot;') in detail  # inside the JSON string
     assert XSS_ESCAPED in detail  # the header value
     assert XSS_ESCAPED in text_of(admin_client_.get(pages[1]))
-
-
-# --- subscribers and nodes ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def stray_subscriber() -> Any:
-    def handler(event: Any) -> None: ...
-
-    subscriber("nobody.declares-this", group="stray")(handler)
-    yield handler
-    unregister("nobody.declares-this", "stray")
-
-
-def test_subscribers_page_lists_topics_groups_handlers_and_policies(
-    admin_client_: Client, stray_subscriber: Callable[..., Any]
-) -> None:
-    response = admin_client_.get(reverse(SUBSCRIBERS))
-    body = text_of(response)
-    assert "probe.probe-happened" in body
-    assert "tests.eventapp.events.ProbeHappened" in body
-    assert "tests.eventapp.subscribers.probe_a" in body
-    assert "tests.eventapp.subscribers.probe_b" in body
-    assert "3 attempts, backoff 0.5 s doubling up to 5.0 s" in body  # tests/settings.py
-    assert "&quot;behaviour&quot;" in body  # the JSON schema
-    orphaned = [t.topic for t in response.context["orphaned"]]
-    undeclared = [t.topic for t in response.context["undeclared"]]
-    assert "probe.lonely-happened" in orphaned
-    assert "probe.probe-happened" not in orphaned
-    assert undeclared == ["nobody.declares-this"]
-    assert 'class="ie-topic ie-warn ie-orphaned" data-topic="probe.lonely-happened"' in body
-    assert 'class="ie-topic ie-err ie-undeclared" data-topic="nobody.declares-this"' in body
-
-
-def test_nodes_page_shows_heartbeats_and_claims_held(admin_client_: Client) -> None:
-    WorkerNode.objects.create(name="alpha:100", hostname="alpha", pid=100)
-    WorkerNode.objects.create(name="beta:200", hostname="beta", pid=200,
-                              last_seen_at=timezone.now() - timedelta(hours=1))
-    message = publish(ProbeHappened(n=1))
-    PublishedMessage.objects.filter(pk=message.pk).update(
-        status=MessageStatus.PROCESSING, claimed_by="alpha:101", lease_token=uuid.uuid4(),
-        lease_until=timezone.now() + timedelta(seconds=30))
-    exact = publish(ProbeHappened(n=4))
-    PublishedMessage.objects.filter(pk=exact.pk).update(
-        status=MessageStatus.PROCESSING, claimed_by="beta:200/201", lease_token=uuid.uuid4(),
-        lease_until=timezone.now() + timedelta(seconds=30))
-    orphan = publish(ProbeHappened(n=2))
-    PublishedMessage.objects.filter(pk=orphan.pk).update(
-        status=MessageStatus.PROCESSING, claimed_by="gamma:5", lease_token=uuid.uuid4(),
-        lease_until=timezone.now() + timedelta(seconds=30))
-    response = admin_client_.get(reverse(NODES))
-    body = text_of(response)
-    nodes = {i.node.name: i for i in response.context["nodes"]}
-    assert nodes["alpha:100"].held == 1
-    assert not nodes["alpha:100"].stale
-    # A stale node still owns the claims that name it exactly.
-    assert nodes["beta:200"].stale and nodes["beta:200"].held == 1
-    assert [c.worker for c in response.context["unassigned"]] == ["gamma:5"]
-    assert "alpha:101" in body and "stale" in body
-
-
-def test_main_admin_index_lists_the_dashboard_for_viewers_only(
-    admin_client_: Client, viewer: Client
-) -> None:
-    dashboard_list = reverse("admin:integration_events_dashboard_changelist")
-    for client in (admin_client_, viewer):
-        assert dashboard_list in text_of(client.get(reverse("admin:index")))
-        response = client.get(dashboard_list)
-        assert response.status_code == 302 and response["Location"] == reverse(OVERVIEW)
-    nobody = make_user("no-perms")
-    assert dashboard_list not in text_of(nobody.get(reverse("admin:index")))
-    assert nobody.get(dashboard_list).status_code == 403
-
-
-def test_app_index_links_the_dashboard(admin_client_: Client) -> None:
-    body = text_of(admin_client_.get(reverse("admin:app_list", args=["integration_events"])))
-    for name in (OVERVIEW, SUBSCRIBERS, NODES):
-        assert reverse(name) in body
-    assert reverse(OVERVIEW) in text_of(admin_client_.get(reverse(PUB_LIST)))
-
-
-@pytest.mark.skipif(not hasattr(admin, "ActionLocation"),
-                    reason="actions on the change form need Django 6.1")
-def test_detail_page_offers_the_actions_for_its_message(operator: Client,
-                                                        viewer: Client) -> None:
-    message = failed_message()
-    receipt = ReceivedMessage.objects.get(message=message, group="probe-a")
-    url = reverse("admin:integration_events_receivedmessage_change", args=[receipt.pk])
-    assert 'value="reexecute"' not in text_of(viewer.get(url))
-    assert 'value="reexecute"' in text_of(operator.get(url))
-    # A viewer posting the detail page's action does nothing.
-    viewer.post(url, {"CHANGE_FORM-action": "reexecute", "_selected_action": str(receipt.pk)})
-    receipt.refresh_from_db()
-    assert receipt.status == MessageStatus.FAILED
-    response = operator.post(url, {"CHANGE_FORM-action": "reexecute",
-                                   "_selected_action": str(receipt.pk)}, follow=True)
-    assert "1 message(s) queued to run again" in text_of(response)
-    assert response.redirect_chain[-1][0].endswith(url)
-    receipt.refresh_from_db()
-    assert receipt.status == MessageStatus.PENDING
-    pub_body = text_of(operator.get(
-        reverse("admin:integration_events_publishedmessage_change", args=[message.pk])))
-    assert 'value="requeue"' in pub_body and 'value="publish_now"' in pub_body
-
-
-def test_facet_counts_are_never_offered(admin_client_: Client) -> None:
-    publish(ProbeHappened(n=1))
-    with CaptureQueriesContext(connection) as queries:
-        response = admin_client_.get(reverse(PUB_LIST), {"_facets": "True"})
-    assert response.status_code == 200
-    assert "Show counts" not in text_of(response)
-    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
-    assert all("LIMIT" in sql.upper() for sql in counts), counts
-
-
-def test_actions_hand_big_selections_over_in_batches(
-    operator: Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from integration_events import admin as ie_admin
-    from integration_events import operations
-
-    monkeypatch.setattr(ie_admin, "ACTION_BATCH_SIZE", 2)
-    batches: list[int] = []
-    real = operations.publish_now
-
-    def spy(items: Any, using: str = "default") -> int:
-        batches.append(len(list(items)))
-        return real(items, using=using)
-
-    monkeypatch.setattr(operations, "publish_now", spy)
-    messages = [publish(ProbeHappened(n=n), delay=3600) for n in range(5)]
-    response = operator.post(reverse(PUB_LIST), {
-        "action": "publish_now", "select_across": "1", "index": "0",
-        "_selected_action": [str(m.pk) for m in messages],
-    }, follow=True)
-    assert "5 message(s) made due now" in text_of(response)
-    assert batches == [2, 2, 1]
-    assert deliver_pending().dispatched == 5
-
-
-def test_charts_are_escaped_svg_without_external_references() -> None:
-    from integration_events.dashboard import format_age, svg_chart
-
-    svg = svg_chart({"published": [0.0, 2.5, 1.0], "<b>x</b>": [1.0, 0.0, 3.0]},
-                    ["a", "<script>", "c"], title="t <img src=x onerror=alert(1)>")
-    assert svg.startswith('<svg xmlns="http://www.w3.org/2000/svg"')
-    assert "<script>" not in svg and "<img" not in svg and "<b>" not in svg
-    assert "&lt;script&gt;" in svg and "&lt;b&gt;x&lt;/b&gt;" in svg
-    assert "href" not in svg and "url(" not in svg
-    assert svg.count("<polyline") == 2
-    assert format_age(None) == "none"
-    assert format_age(59) == "59 s"
-    assert format_age(3725) == "1 h 2 min"

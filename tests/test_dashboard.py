@@ -1,0 +1,226 @@
+"""The dashboard: overview, live JSON, history, charts, subscribers and nodes pages."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from integration_events import publish
+from integration_events.models import MessageStatus, PublishedMessage, WorkerNode
+from integration_events.registry import subscriber, unregister
+from integration_events.testing import deliver_pending
+from tests.admin_helpers import (
+    CHANGE,
+    DASHBOARD_PAGES,
+    DELETE,
+    LIVE,
+    NODES,
+    OVERVIEW,
+    PUB_LIST,
+    SUBSCRIBERS,
+    VIEW,
+    failed_message,
+    make_user,
+    text_of,
+)
+from tests.eventapp.events import ProbeHappened
+
+pytest_plugins = ["tests.admin_fixtures"]
+pytestmark = pytest.mark.django_db
+
+
+# --- overview and live endpoint -------------------------------------------------------------------
+
+
+def test_overview_shows_counts_lag_rates_and_charts(admin_client_: Client) -> None:
+    for n in range(3):
+        publish(ProbeHappened(n=n))
+    deliver_pending()
+    failed_message(n=9)
+    publish(ProbeHappened(n=10))  # pending, due now: the lag
+    PublishedMessage.objects.filter(status=MessageStatus.PENDING).update(
+        next_attempt_at=timezone.now() - timedelta(minutes=5))
+    response = admin_client_.get(reverse(OVERVIEW))
+    assert response.status_code == 200
+    body = text_of(response)
+    live = response.context["live"]
+    assert live["published"]["succeeded"] == 4
+    assert live["published"]["pending"] == 1
+    assert live["received"]["probe-a"]["failed"] == 1
+    assert live["received"]["probe-a"]["succeeded"] == 3
+    assert live["received"]["probe-b"]["succeeded"] == 4
+    assert live["lag"]["published"] >= 299
+    assert "5 min" in response.context["lag_published"]
+    assert live["per_second"]["published"] > 0
+    assert sum(live["rates"]["delivered"]) > 0
+    assert body.count("<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"ie-chart\"") == 2
+    assert "ie-series-published" in body and "ie-series-failed" in body
+    assert response.context["history"]["totals"]["published"] == 5
+    assert response.context["history"]["totals"]["failed"] == 1
+    assert "integration_events/admin/overview.js" in body
+    assert "http://" not in body.replace('xmlns="http://www.w3.org/2000/svg"', "").replace(
+        "http://testserver", "")
+
+
+def test_live_endpoint_returns_json_rates_and_counts(admin_client_: Client) -> None:
+    publish(ProbeHappened(n=1))
+    deliver_pending()
+    response = admin_client_.get(reverse(LIVE))
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    data = json.loads(response.content)
+    assert data["published"]["succeeded"] == 1
+    assert data["received"]["probe-a"]["succeeded"] == 1
+    assert len(data["rates"]["published"]) == 30
+    assert sum(data["rates"]["published"]) == pytest.approx(0.1)
+    assert data["chart"].startswith("<svg")
+    assert "no-cache" in response["Cache-Control"] or "max-age=0" in response["Cache-Control"]
+
+
+def test_rates_fall_in_the_right_buckets_and_history_hours() -> None:
+    from integration_events import dashboard
+
+    now = timezone.now()
+    old = publish(ProbeHappened(n=1))
+    PublishedMessage.objects.filter(pk=old.pk).update(created_at=now - timedelta(hours=3))
+    publish(ProbeHappened(n=2))
+    history = dashboard.history(now)
+    assert sum(r["published"] for r in history["rows"]) == 2
+    assert history["rows"][-1]["published"] == 1
+    assert history["rows"][-4]["published"] == 1
+    live = dashboard.live_rates(now + timedelta(seconds=1))
+    assert sum(live["rates"]["published"]) == pytest.approx(1 / dashboard.RATE_BUCKET_SECONDS)
+    # Hours that are over come from the cache; the current hour is always counted afresh.
+    PublishedMessage.objects.all().delete()
+    again = dashboard.history(now)
+    assert again["rows"][-4]["published"] == 1
+    assert again["rows"][-1]["published"] == 0
+
+
+def test_charts_are_escaped_svg_without_external_references() -> None:
+    from integration_events.dashboard import format_age, svg_chart
+
+    svg = svg_chart({"published": [0.0, 2.5, 1.0], "<b>x</b>": [1.0, 0.0, 3.0]},
+                    ["a", "<script>", "c"], title="t <img src=x onerror=alert(1)>")
+    assert svg.startswith('<svg xmlns="http://www.w3.org/2000/svg"')
+    assert "<script>" not in svg and "<img" not in svg and "<b>" not in svg
+    assert "&lt;script&gt;" in svg and "&lt;b&gt;x&lt;/b&gt;" in svg
+    assert "href" not in svg and "url(" not in svg
+    assert svg.count("<polyline") == 2
+    assert format_age(None) == "none"
+    assert format_age(59) == "59 s"
+    assert format_age(3725) == "1 h 2 min"
+
+
+# --- permissions ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", DASHBOARD_PAGES)
+def test_anonymous_gets_nothing(page: str) -> None:
+    publish(ProbeHappened(n=1, text="secret-payload"))
+    response = Client().get(reverse(page))
+    assert response.status_code == 302
+    assert "/login/" in response["Location"]
+    assert b"secret-payload" not in response.content
+
+
+@pytest.mark.parametrize("page", DASHBOARD_PAGES)
+def test_non_staff_gets_nothing_even_with_permissions(page: str) -> None:
+    client = make_user("outsider", staff=False, perms=VIEW + CHANGE + DELETE)
+    response = client.get(reverse(page))
+    assert response.status_code == 302
+    assert "/login/" in response["Location"]
+
+
+@pytest.mark.parametrize("page", DASHBOARD_PAGES)
+def test_staff_without_view_permission_is_refused(page: str) -> None:
+    client = make_user("bystander")
+    response = client.get(reverse(page))
+    assert response.status_code == 403
+
+
+# --- subscribers and nodes ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stray_subscriber() -> Any:
+    def handler(event: Any) -> None: ...
+
+    subscriber("nobody.declares-this", group="stray")(handler)
+    yield handler
+    unregister("nobody.declares-this", "stray")
+
+
+def test_subscribers_page_lists_topics_groups_handlers_and_policies(
+    admin_client_: Client, stray_subscriber: Callable[..., Any]
+) -> None:
+    response = admin_client_.get(reverse(SUBSCRIBERS))
+    body = text_of(response)
+    assert "probe.probe-happened" in body
+    assert "tests.eventapp.events.ProbeHappened" in body
+    assert "tests.eventapp.subscribers.probe_a" in body
+    assert "tests.eventapp.subscribers.probe_b" in body
+    assert "3 attempts, backoff 0.5 s doubling up to 5.0 s" in body  # tests/settings.py
+    assert "&quot;behaviour&quot;" in body  # the JSON schema
+    orphaned = [t.topic for t in response.context["orphaned"]]
+    undeclared = [t.topic for t in response.context["undeclared"]]
+    assert "probe.lonely-happened" in orphaned
+    assert "probe.probe-happened" not in orphaned
+    assert undeclared == ["nobody.declares-this"]
+    assert 'class="ie-topic ie-warn ie-orphaned" data-topic="probe.lonely-happened"' in body
+    assert 'class="ie-topic ie-err ie-undeclared" data-topic="nobody.declares-this"' in body
+
+
+def test_nodes_page_shows_heartbeats_and_claims_held(admin_client_: Client) -> None:
+    WorkerNode.objects.create(name="alpha:100", hostname="alpha", pid=100)
+    WorkerNode.objects.create(name="beta:200", hostname="beta", pid=200,
+                              last_seen_at=timezone.now() - timedelta(hours=1))
+    message = publish(ProbeHappened(n=1))
+    PublishedMessage.objects.filter(pk=message.pk).update(
+        status=MessageStatus.PROCESSING, claimed_by="alpha:101", lease_token=uuid.uuid4(),
+        lease_until=timezone.now() + timedelta(seconds=30))
+    exact = publish(ProbeHappened(n=4))
+    PublishedMessage.objects.filter(pk=exact.pk).update(
+        status=MessageStatus.PROCESSING, claimed_by="beta:200/201", lease_token=uuid.uuid4(),
+        lease_until=timezone.now() + timedelta(seconds=30))
+    orphan = publish(ProbeHappened(n=2))
+    PublishedMessage.objects.filter(pk=orphan.pk).update(
+        status=MessageStatus.PROCESSING, claimed_by="gamma:5", lease_token=uuid.uuid4(),
+        lease_until=timezone.now() + timedelta(seconds=30))
+    response = admin_client_.get(reverse(NODES))
+    body = text_of(response)
+    nodes = {i.node.name: i for i in response.context["nodes"]}
+    assert nodes["alpha:100"].held == 1
+    assert not nodes["alpha:100"].stale
+    # A stale node still owns the claims that name it exactly.
+    assert nodes["beta:200"].stale and nodes["beta:200"].held == 1
+    assert [c.worker for c in response.context["unassigned"]] == ["gamma:5"]
+    assert "alpha:101" in body and "stale" in body
+
+
+def test_main_admin_index_lists_the_dashboard_for_viewers_only(
+    admin_client_: Client, viewer: Client
+) -> None:
+    dashboard_list = reverse("admin:integration_events_dashboard_changelist")
+    for client in (admin_client_, viewer):
+        assert dashboard_list in text_of(client.get(reverse("admin:index")))
+        response = client.get(dashboard_list)
+        assert response.status_code == 302 and response["Location"] == reverse(OVERVIEW)
+    nobody = make_user("no-perms")
+    assert dashboard_list not in text_of(nobody.get(reverse("admin:index")))
+    assert nobody.get(dashboard_list).status_code == 403
+
+
+def test_app_index_links_the_dashboard(admin_client_: Client) -> None:
+    body = text_of(admin_client_.get(reverse("admin:app_list", args=["integration_events"])))
+    for name in (OVERVIEW, SUBSCRIBERS, NODES):
+        assert reverse(name) in body
+    assert reverse(OVERVIEW) in text_of(admin_client_.get(reverse(PUB_LIST)))
