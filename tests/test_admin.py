@@ -442,3 +442,353 @@ def test_html_in_payload_headers_and_errors_is_escaped_everywhere(admin_client_:
     assert XSS_ESCAPED.replace("&quot;", '\\&quot;') in detail  # inside the JSON string
     assert XSS_ESCAPED in detail  # the header value
     assert XSS_ESCAPED in text_of(admin_client_.get(pages[1]))
+
+
+# --- errors shown as what they are ----------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 8: a succeeded row shows a bold 'last error'")
+def test_a_succeeded_row_shows_an_earlier_error_as_history(admin_client_: Client) -> None:
+    message = publish(ProbeHappened(n=1, behaviour="fail:1", only_group="probe-a"))
+    deliver_pending(include_delayed=True)
+    receipt = ReceivedMessage.objects.get(message=message, group="probe-a")
+    assert receipt.status == MessageStatus.SUCCEEDED
+    assert receipt.last_error.startswith("RuntimeError: probe 1 fails on attempt 1")
+    detail = text_of(admin_client_.get(
+        reverse("admin:integration_events_receivedmessage_change", args=[receipt.pk])))
+    assert 'class="ie-error"' not in detail
+    assert "Earlier attempt" in detail
+    assert "RuntimeError: probe 1 fails on attempt 1" in detail
+    listing = text_of(admin_client_.get(reverse(RECV_LIST), {"group": "probe-a"}))
+    assert 'class="ie-history"' in listing
+    assert 'class="ie-error"' not in listing
+    # A row that failed keeps its error as the error.
+    failed = ReceivedMessage.objects.get(message=failed_message(n=2), group="probe-a")
+    failed_detail = text_of(admin_client_.get(
+        reverse("admin:integration_events_receivedmessage_change", args=[failed.pk])))
+    assert 'class="ie-error"' in failed_detail
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 8: 'no subscribers' is shown as an error")
+def test_no_subscribers_is_a_note_not_an_error(admin_client_: Client) -> None:
+    from tests.eventapp.events import LonelyHappened
+
+    message = publish(LonelyHappened(n=1))
+    deliver_pending()
+    message.refresh_from_db()
+    assert message.status == MessageStatus.SUCCEEDED
+    assert message.last_error == "no subscribers: nothing to deliver"
+    for url in (reverse("admin:integration_events_publishedmessage_change", args=[message.pk]),
+                reverse(PUB_LIST)):
+        body = text_of(admin_client_.get(url))
+        assert 'class="ie-error"' not in body, url
+        assert 'class="ie-note"' in body, url
+        assert "no subscribers" in body, url
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 8: dates are formatted differently per page")
+def test_one_date_format_on_every_page(admin_client_: Client) -> None:
+    from integration_events.models import WorkerNode
+
+    message = failed_message()
+    message.refresh_from_db()
+    receipt = ReceivedMessage.objects.get(message=message, group="probe-a")
+    node = WorkerNode.objects.create(name="alpha:1", hostname="alpha", pid=1)
+    node.refresh_from_db()
+
+    def stamp(value: Any) -> str:
+        return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S")
+
+    pages = {
+        reverse(PUB_LIST): stamp(message.created_at),
+        reverse("admin:integration_events_publishedmessage_change", args=[message.pk]):
+            stamp(message.created_at),
+        reverse(RECV_LIST): stamp(receipt.created_at),
+        reverse("admin:integration_events_receivedmessage_change", args=[receipt.pk]):
+            stamp(receipt.finished_at),
+        reverse(NODES): stamp(node.last_seen_at),
+        reverse("admin:integration_events_workernode_changelist"): stamp(node.last_seen_at),
+    }
+    for url, expected in pages.items():
+        body = text_of(admin_client_.get(url))
+        assert expected in body, url
+        assert "a.m." not in body and "p.m." not in body, url
+
+
+# --- input that must never break a page -----------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 10: non-object headers and deeply nested "
+                   "content break the detail pages (TypeError, RecursionError)")
+@pytest.mark.parametrize("headers, content", [
+    ([1, 2], "{}"),
+    ("just a string", "not json at all"),
+    (5, "[" * 100_000),
+    ({"x-ok": 1}, "[" * 100_000 + "]" * 100_000),
+])
+def test_detail_pages_show_rows_whatever_their_headers_and_content(
+    admin_client_: Client, headers: Any, content: str
+) -> None:
+    message = failed_message()
+    PublishedMessage.objects.filter(pk=message.pk).update(headers=headers, content=content)
+    receipt = ReceivedMessage.objects.get(message=message, group="probe-a")
+    for url in (reverse("admin:integration_events_publishedmessage_change", args=[message.pk]),
+                reverse("admin:integration_events_receivedmessage_change", args=[receipt.pk])):
+        response = admin_client_.get(url)
+        assert response.status_code == 200, url
+        body = text_of(response)
+        assert str(message.pk) in body
+        assert content[:50] in body  # shown as stored
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 10: q=² and long numbers raise ValueError")
+@pytest.mark.parametrize("term", ["²", "9" * 5000])
+def test_received_search_for_a_number_that_is_no_row_id_finds_nothing(
+    admin_client_: Client, term: str
+) -> None:
+    failed_message()
+    response = admin_client_.get(reverse(RECV_LIST), {"q": term})
+    assert response.status_code == 200
+    assert list(response.context["cl"].result_list) == []
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 10: NUL in a filter or search is a DataError "
+                   "on PostgreSQL; no message says why")
+@pytest.mark.parametrize("url, params", [
+    (PUB_LIST, {"topic": "\x00"}),
+    (RECV_LIST, {"group": "\x00"}),
+    (RECV_LIST, {"topic": "probe\x00"}),
+    (PUB_LIST, {"status__exact": "\x00"}),
+    (PUB_LIST, {"q": "\x00"}),
+    (RECV_LIST, {"q": "content:\x00"}),
+])
+def test_nul_characters_in_filters_and_searches_are_refused_with_a_message(
+    admin_client_: Client, url: str, params: dict[str, str]
+) -> None:
+    failed_message()
+    response = admin_client_.get(reverse(url), params, follow=True)
+    assert response.status_code == 200
+    assert "NUL character" in text_of(response)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 10: a 50,000-character content search is an "
+                   "OperationalError on SQLite, and every search term is echoed ~20 times")
+@pytest.mark.parametrize("url", [PUB_LIST, RECV_LIST])
+@pytest.mark.parametrize("term", ["content:" + "a" * 50_000, "x" * 1_000_000])
+def test_a_huge_search_term_is_refused_with_a_message_and_not_echoed(
+    admin_client_: Client, url: str, term: str
+) -> None:
+    failed_message()
+    response = admin_client_.get(reverse(url), {"q": term})
+    assert response.status_code == 200
+    body = text_of(response)
+    assert "too long" in body
+    assert list(response.context["cl"].result_list) == []
+    assert len(body) < 100_000
+
+
+# --- only the filters and orderings the admin offers ----------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 11: any lookup on a local field is accepted")
+@pytest.mark.parametrize("url, params", [
+    (PUB_LIST, {"content__regex": "(a+)+$"}),
+    (PUB_LIST, {"attempts__gt": "1"}),
+    (PUB_LIST, {"last_error__icontains": "boom"}),
+    (RECV_LIST, {"handler__startswith": "tests"}),
+    (RECV_LIST, {"status": "failed"}),
+])
+def test_lookups_the_admin_does_not_offer_are_refused(
+    viewer: Client, url: str, params: dict[str, str]
+) -> None:
+    failed_message()
+    with CaptureQueriesContext(connection) as queries:
+        response = viewer.get(reverse(url), params)
+    assert response.status_code == 400
+    assert not [q for q in queries.captured_queries if "integration_events_" in q["sql"]
+                and any(word in q["sql"].upper() for word in ("REGEXP", "~", "LIKE"))]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 11: ?o= sorts by any listed column")
+@pytest.mark.parametrize("url", [PUB_LIST, RECV_LIST])
+def test_only_the_offered_ordering_is_applied(viewer: Client, url: str) -> None:
+    failed_message()
+    for index in range(1, 10):
+        with CaptureQueriesContext(connection) as queries:
+            response = viewer.get(reverse(url), {"o": str(index)})
+        assert response.status_code == 200
+        ordered = [q["sql"].upper().split("ORDER BY", 1)[1] for q in queries.captured_queries
+                   if "ORDER BY" in q["sql"].upper() and "integration_events_" in q["sql"]]
+        assert ordered, index
+        for clause in ordered:
+            for column in ("ATTEMPTS", "TOPIC", "STATUS", "GROUP", "NEXT_ATTEMPT_AT", "LAST_ERROR"):
+                assert f'."{column}"' not in clause and f".`{column}`" not in clause, (
+                    index, clause)
+
+
+# --- permissions across the two message models ----------------------------------------------------
+
+PUB_VIEW, RECV_VIEW = "view_publishedmessage", "view_receivedmessage"
+PUB_CHANGE, RECV_CHANGE = "change_publishedmessage", "change_receivedmessage"
+PUB_DELETE, RECV_DELETE = "delete_publishedmessage", "delete_receivedmessage"
+
+
+def receipt_of(message: PublishedMessage, group: str = "probe-a") -> ReceivedMessage:
+    return ReceivedMessage.objects.get(message=message, group=group)
+
+
+@pytest.mark.parametrize("perms, payload_shown", [
+    pytest.param((RECV_VIEW,), False, marks=pytest.mark.xfail(strict=True, reason=(
+        "issue 11 item 12: view on received shows the published payload and headers"))),
+    ((RECV_VIEW, PUB_VIEW), True),
+])
+def test_a_received_rows_payload_needs_view_on_published(
+    perms: tuple[str, ...], payload_shown: bool
+) -> None:
+    client = make_user("someone", perms=perms)
+    message = publish(ProbeHappened(n=1, text="secret-payload"), headers={"x-secret": "hdr"})
+    deliver_pending()
+    body = text_of(client.get(reverse("admin:integration_events_receivedmessage_change",
+                                      args=[receipt_of(message).pk])))
+    assert ("secret-payload" in body) is payload_shown
+    assert ("x-secret" in body) is payload_shown
+    link = reverse("admin:integration_events_publishedmessage_change", args=[message.pk])
+    assert (link in body) is payload_shown
+    if not payload_shown:
+        assert "view permission on published messages" in body
+    # Searching payloads from the received list is showing them too.
+    response = client.get(reverse(RECV_LIST), {"q": "content:secret-payload"})
+    assert (len(response.context["cl"].result_list) == 2) is payload_shown
+
+
+@pytest.mark.parametrize("perms, receipts_shown", [
+    pytest.param((PUB_VIEW,), False, marks=pytest.mark.xfail(strict=True, reason=(
+        "issue 11 item 12: view on published shows the received rows' handlers and errors"))),
+    ((PUB_VIEW, RECV_VIEW), True),
+])
+def test_a_published_messages_receipts_need_view_on_received(
+    perms: tuple[str, ...], receipts_shown: bool
+) -> None:
+    client = make_user("someone", perms=perms)
+    message = failed_message()
+    body = text_of(client.get(reverse("admin:integration_events_publishedmessage_change",
+                                      args=[message.pk])))
+    assert ("tests.eventapp.subscribers.probe_a" in body) is receipts_shown
+    assert ("RuntimeError: probe 1 fails" in body) is receipts_shown
+    if not receipts_shown:
+        assert "view permission on received messages" in body
+
+
+@pytest.mark.parametrize("perms, receipts_reset", [
+    pytest.param((PUB_VIEW, RECV_VIEW, PUB_CHANGE), False, marks=pytest.mark.xfail(
+        strict=True, reason="issue 11 item 12: change on published alone requeues a succeeded "
+        "message, which resets every group's received rows")),
+    ((PUB_VIEW, RECV_VIEW, PUB_CHANGE, RECV_CHANGE), True),
+])
+def test_requeuing_a_succeeded_message_needs_change_on_received(
+    perms: tuple[str, ...], receipts_reset: bool
+) -> None:
+    client = make_user("someone", perms=perms)
+    succeeded = failed_message()  # dispatched (succeeded); its probe-a row failed
+    undelivered = publish(ProbeHappened(n=2))
+    PublishedMessage.objects.filter(pk=undelivered.pk).update(status=MessageStatus.FAILED)
+    response = client.post(reverse(PUB_LIST), {
+        "action": "requeue", "_selected_action": [str(succeeded.pk), str(undelivered.pk)],
+    }, follow=True)
+    body = text_of(response)
+    # A failed dispatch is the published message's own business: requeued either way.
+    assert PublishedMessage.objects.get(pk=undelivered.pk).status == MessageStatus.PENDING
+    assert (receipt_of(succeeded).status == MessageStatus.PENDING) is receipts_reset
+    if receipts_reset:
+        assert "2 message(s) requeued" in body
+    else:
+        assert "1 message(s) requeued" in body
+        assert "change permission on received messages" in body
+        assert receipt_of(succeeded).status == MessageStatus.FAILED
+
+
+@pytest.mark.parametrize("perms, offered", [
+    ((PUB_VIEW, RECV_VIEW, PUB_CHANGE), {"requeue", "publish_now"}),
+    ((PUB_VIEW, RECV_VIEW, RECV_CHANGE), {"reexecute"}),
+    ((PUB_VIEW, RECV_VIEW, PUB_DELETE, RECV_DELETE), {"delete_selected"}),
+])
+def test_each_action_is_offered_with_its_own_permission(
+    perms: tuple[str, ...], offered: set[str]
+) -> None:
+    client = make_user("someone", perms=perms)
+    found = set()
+    for url in (PUB_LIST, RECV_LIST):
+        body = text_of(client.get(reverse(url)))
+        found |= {name for name in ("requeue", "publish_now", "reexecute", "delete_selected")
+                  if f'value="{name}"' in body}
+    assert found == offered
+
+
+@pytest.mark.parametrize("perms, deleted", [
+    ((PUB_VIEW, RECV_VIEW, PUB_DELETE), False),
+    ((PUB_VIEW, RECV_VIEW, PUB_DELETE, RECV_DELETE), True),
+])
+def test_deleting_a_published_message_needs_delete_on_received_too(
+    perms: tuple[str, ...], deleted: bool
+) -> None:
+    client = make_user("someone", perms=perms)
+    message = failed_message()
+    client.post(reverse(PUB_LIST), {"action": "delete_selected",
+                                    "_selected_action": [str(message.pk)], "post": "yes"})
+    assert PublishedMessage.objects.filter(pk=message.pk).exists() is not deleted
+    assert ReceivedMessage.objects.filter(message_id=message.pk).exists() is not deleted
+
+
+# --- audit: every action in each message's history ------------------------------------------------
+
+
+def history_of(client: Client, obj: Any) -> str:
+    name = obj._meta.model_name
+    return text_of(client.get(reverse(f"admin:integration_events_{name}_history",
+                                      args=[obj.pk])))
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 13: actions leave no trace in the history")
+def test_actions_are_written_to_each_messages_history(operator: Client) -> None:
+    from django.contrib.admin.models import CHANGE as CHANGED
+    from django.contrib.admin.models import LogEntry
+
+    message = failed_message()
+    receipt = receipt_of(message)
+    running = publish(ProbeHappened(n=5))
+    PublishedMessage.objects.filter(pk=running.pk).update(status=MessageStatus.PROCESSING)
+    operator.post(reverse(RECV_LIST), {"action": "reexecute",
+                                       "_selected_action": [str(receipt.pk)]})
+    operator.post(reverse(PUB_LIST), {"action": "requeue",
+                                      "_selected_action": [str(message.pk), str(running.pk)]})
+    delayed = publish(ProbeHappened(n=3), delay=3600)
+    operator.post(reverse(PUB_LIST), {"action": "publish_now",
+                                      "_selected_action": [str(delayed.pk)]})
+    entries = {(e.object_id, e.change_message) for e in LogEntry.objects.filter(
+        user__username="operator", action_flag=CHANGED)}
+    assert entries == {
+        (str(receipt.pk), "Re-executed (was failed, 3 attempts)"),
+        (str(message.pk), "Requeued (was succeeded)"),
+        (str(delayed.pk), "Published now (was pending)"),
+    }
+    # The row being processed was skipped, and nothing says otherwise.
+    assert not LogEntry.objects.filter(object_id=str(running.pk)).exists()
+    assert "Requeued (was succeeded)" in history_of(operator, message)
+    assert "Re-executed (was failed, 3 attempts)" in history_of(operator, receipt)
+    assert "Published now (was pending)" in history_of(operator, delayed)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 13: deleting a message leaves no trace of "
+                   "the received rows deleted with it")
+def test_deleting_a_message_logs_it_and_the_received_rows_deleted_with_it() -> None:
+    from django.contrib.admin.models import DELETION, LogEntry
+
+    client = make_user("janitor", perms=VIEW + DELETE)
+    message = failed_message()
+    receipts = {str(pk) for pk in ReceivedMessage.objects.filter(
+        message=message).values_list("pk", flat=True)}
+    client.post(reverse(PUB_LIST), {"action": "delete_selected",
+                                    "_selected_action": [str(message.pk)], "post": "yes"})
+    logged = set(LogEntry.objects.filter(action_flag=DELETION, user__username="janitor")
+                 .values_list("object_id", flat=True))
+    assert logged == {str(message.pk)} | receipts

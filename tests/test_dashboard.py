@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core.cache import cache
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
 from integration_events import publish
-from integration_events.models import MessageStatus, PublishedMessage, WorkerNode
+from integration_events.models import MessageStatus, PublishedMessage, WorkerNode, uuid7
 from integration_events.registry import subscriber, unregister
 from integration_events.testing import deliver_pending
 from tests.admin_helpers import (
@@ -224,3 +228,137 @@ def test_app_index_links_the_dashboard(admin_client_: Client) -> None:
     for name in (OVERVIEW, SUBSCRIBERS, NODES):
         assert reverse(name) in body
     assert reverse(OVERVIEW) in text_of(admin_client_.get(reverse(PUB_LIST)))
+
+
+# --- is a cluster running? ------------------------------------------------------------------------
+
+
+def no_cluster_banner(body: str) -> str | None:
+    """The opening tag of the "no cluster alive" banner, or None if the page has none."""
+    match = re.search(r'<div[^>]*id="ie-no-cluster"[^>]*>', body)
+    return match.group(0) if match else None
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 9: nothing says that no cluster is running")
+def test_overview_says_plainly_when_no_cluster_is_alive(admin_client_: Client) -> None:
+    banner = no_cluster_banner(text_of(admin_client_.get(reverse(OVERVIEW))))
+    assert banner is not None and "hidden" not in banner
+    node = WorkerNode.objects.create(name="alpha:1", hostname="alpha", pid=1)
+    banner = no_cluster_banner(text_of(admin_client_.get(reverse(OVERVIEW))))
+    assert banner is not None and "hidden" in banner
+    # Alive while the last beat is at most three HEARTBEAT_INTERVALs (30 s here) old.
+    WorkerNode.objects.filter(pk=node.pk).update(
+        last_seen_at=timezone.now() - timedelta(seconds=95))
+    cache.clear()  # the live counts are cached for the poll interval
+    body = text_of(admin_client_.get(reverse(OVERVIEW)))
+    banner = no_cluster_banner(body)
+    assert banner is not None and "hidden" not in banner
+    assert "manage.py qcluster" in body
+    assert json.loads(admin_client_.get(reverse(LIVE)).content)["alive_nodes"] == 0
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 9: the Nodes page has a rule of its own "
+                   "(stale after 3 minutes) instead of alive_within()")
+def test_nodes_page_shows_alive_by_the_heartbeat_rule(admin_client_: Client, settings: Any
+                                                     ) -> None:
+    settings.INTEGRATION_EVENTS = {**settings.INTEGRATION_EVENTS, "HEARTBEAT_INTERVAL": 10}
+    now = timezone.now()
+    for name, age in (("fresh:1", 5), ("late:2", 25), ("gone:3", 45), ("old:4", 3600)):
+        WorkerNode.objects.create(name=name, hostname=name.split(":")[0], pid=int(name[-1]),
+                                  last_seen_at=now - timedelta(seconds=age))
+    response = admin_client_.get(reverse(NODES))
+    alive = {info.node.name: info.alive for info in response.context["nodes"]}
+    assert alive == {"fresh:1": True, "late:2": True, "gone:3": False, "old:4": False}
+    body = text_of(response)
+    assert "not alive" in body and "30 s" in body  # the rule, stated on the page
+
+
+# --- what the overview shows, and how ------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 8: the 24-hour section is drawn once while "
+                   "the counts above it refresh")
+def test_live_endpoint_refreshes_the_24_hour_section_too(admin_client_: Client) -> None:
+    publish(ProbeHappened(n=1))
+    deliver_pending()
+    data = json.loads(admin_client_.get(reverse(LIVE)).content)
+    assert data["history"]["totals"] == {"published": 1, "delivered": 2, "failed": 0}
+    assert 'id="ie-history-chart"' in data["history_html"]
+    assert sum(data["published"].values()) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 8: the dead-letter and count links use "
+                   "?status=, so the list's filter sidebar highlights nothing")
+def test_overview_links_use_the_filter_sidebar_parameters(admin_client_: Client) -> None:
+    failed_message()
+    body = text_of(admin_client_.get(reverse(OVERVIEW)))
+    assert "?status__exact=failed" in body
+    assert not re.search(r"[?&;]status=", body)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 8: the sidebar highlights Published messages "
+                   "on the dashboard pages")
+@pytest.mark.parametrize("page", [OVERVIEW, SUBSCRIBERS, NODES])
+def test_the_sidebar_highlights_the_dashboard_on_dashboard_pages(
+    admin_client_: Client, page: str
+) -> None:
+    body = text_of(admin_client_.get(reverse(page)))
+    assert "model-dashboard current-model" in body
+    assert "model-publishedmessage current-model" not in body
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 8: axis ticks like 12.5 and 37.5")
+def test_chart_axes_have_round_ticks(admin_client_: Client) -> None:
+    PublishedMessage.objects.bulk_create(
+        PublishedMessage(id=uuid7(), topic="probe.lonely-happened", content="{}",
+                         correlation_id=uuid.uuid4())
+        for _ in range(35)
+    )
+    body = text_of(admin_client_.get(reverse(OVERVIEW)))
+    history = body.split('id="ie-history-chart"', 1)[1].split("</svg>", 1)[0]
+    ticks = re.findall(r'<text[^>]*text-anchor="end"[^>]*>([^<]*)</text>', history)
+    assert ticks == ["0", "10", "20", "30", "40"]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 8: chart colours are fixed light greys, "
+                   "unreadable in dark mode")
+def test_charts_take_their_colours_from_the_admin_theme(admin_client_: Client) -> None:
+    publish(ProbeHappened(n=1))
+    body = text_of(admin_client_.get(reverse(OVERVIEW)))
+    charts = "".join(part.split("</svg>", 1)[0] for part in body.split("<svg")[1:])
+    assert charts
+    # Only the series have colours of their own; the plot, grid, axes and legend text follow
+    # the admin's CSS variables (light and dark).
+    assert set(re.findall(r'(?:fill|stroke)="(#[0-9a-fA-F]+)"', charts)) <= {
+        "#0d6efd", "#198754", "#dc3545"}
+    for variable in ("--body-fg", "--body-quiet-color", "--hairline-color", "--darkened-bg"):
+        assert f"var({variable}" in body
+
+
+@pytest.mark.xfail(strict=True, reason="issue 10 item 6: live_rates runs ~50 queries per poll, "
+                   "per open tab")
+def test_live_counts_are_cached_for_the_poll_interval(admin_client_: Client) -> None:
+    failed_message()
+    with CaptureQueriesContext(connection) as first:
+        admin_client_.get(reverse(LIVE))
+    with CaptureQueriesContext(connection) as second:
+        admin_client_.get(reverse(LIVE))
+    ours = [q for q in second.captured_queries if "integration_events_" in q["sql"]]
+    assert len(first.captured_queries) > 10
+    assert ours == []
+
+
+# --- subscribers page -----------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 8: identifiers break mid-word; delays are "
+                   "shown as '3600.0 s'")
+def test_subscribers_page_breaks_identifiers_at_dots_and_shows_round_delays(
+    admin_client_: Client, settings: Any
+) -> None:
+    settings.INTEGRATION_EVENTS = {**settings.INTEGRATION_EVENTS, "RETRY_MAX_DELAY": 3600.0}
+    body = text_of(admin_client_.get(reverse(SUBSCRIBERS)))
+    assert "break-all" not in body
+    assert "tests.<wbr>eventapp.<wbr>subscribers.<wbr>probe_a" in body
+    assert "3600.0" not in body and ".0 s" not in body
+    assert "backoff 0.5 s doubling up to 1 h" in body

@@ -65,9 +65,11 @@ def users(db: Any) -> None:
         content_type__app_label="integration_events", codename__startswith="view_"))
 
 
-def new_page(browser: Any, live_server: Any, username: str) -> Any:
-    context = browser.new_context(viewport={"width": 1280, "height": 900},
-                                  base_url=live_server.url)
+def new_page(browser: Any, live_server: Any, username: str, *, width: int = 1280,
+             dark: bool = False) -> Any:
+    context = browser.new_context(viewport={"width": width, "height": 900},
+                                  base_url=live_server.url,
+                                  color_scheme="dark" if dark else "light")
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     page.goto("/admin/login/?next=/admin/")
@@ -255,4 +257,67 @@ def test_view_only_user_sees_but_cannot_act(
     assert answer.status == 302
     assert "/admin/login/" in answer.headers["location"]
     anonymous.close()
+    page.context.close()
+
+
+def luminance(css_colour: str) -> float:
+    """Relative luminance (0 black .. 1 white) of an "rgb(r, g, b)" computed colour."""
+    r, g, b = (int(float(v)) / 255 for v in css_colour[css_colour.index("(") + 1:-1]
+               .split(",")[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 8: lists overflow sideways at 1400 px")
+def test_message_lists_fit_a_1400_px_window(browser: Any, live_server: Any, users: None) -> None:
+    traffic()
+    page = new_page(browser, live_server, "admin", width=1400)
+    for url in ("/admin/integration_events/publishedmessage/",
+                "/admin/integration_events/receivedmessage/"):
+        page.goto(url)
+        page.wait_for_selector("#result_list")
+        last = page.locator("#result_list thead th").last.bounding_box()
+        assert last is not None
+        assert last["x"] + last["width"] <= 1400, url
+        results = page.locator(".results")
+        assert results.evaluate("e => e.scrollWidth <= e.clientWidth"), url
+    page.context.close()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 8: in dark mode the legend is dark grey on "
+                   "black and the plot a white box")
+def test_overview_in_dark_mode(browser: Any, live_server: Any, users: None) -> None:
+    traffic()
+    page = new_page(browser, live_server, "admin", width=1400, dark=True)
+    page.goto("/admin/integration_events/")
+    page.click("text=Overview")
+    page.wait_for_selector("svg.ie-chart")
+    chart = page.locator("#ie-history-chart svg.ie-chart")
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert luminance(background) < 0.2
+    plot = chart.locator(".ie-plot").evaluate("e => getComputedStyle(e).fill")
+    legend = chart.locator(".ie-legend text").first.evaluate("e => getComputedStyle(e).fill")
+    ticks = chart.locator(".ie-tick").first.evaluate("e => getComputedStyle(e).fill")
+    assert luminance(plot) < 0.25, plot
+    assert luminance(legend) > 0.7, legend
+    assert luminance(ticks) > 0.6, ticks
+    page.context.close()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 9: no banner says that no cluster runs")
+def test_overview_banner_when_no_cluster_is_alive(browser: Any, live_server: Any,
+                                                  users: None) -> None:
+    from django.core.cache import cache
+
+    from integration_events.models import WorkerNode
+
+    page = new_page(browser, live_server, "viewer")
+    page.goto("/admin/integration_events/")
+    page.click("text=Overview")
+    banner = page.locator("#ie-no-cluster")
+    assert banner.is_visible()
+    assert "manage.py qcluster" in banner.inner_text()
+    WorkerNode.objects.create(name="worker-1:1", hostname="worker-1", pid=1)
+    cache.clear()
+    page.reload()
+    assert not page.locator("#ie-no-cluster").is_visible()
     page.context.close()
