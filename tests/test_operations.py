@@ -86,3 +86,32 @@ def test_operations_work_on_the_alias_they_are_given() -> None:
     with pytest.raises(Exception, match="other"):
         operations.requeue_published([message], using="other")
     assert operations.requeue_published([message], using="default") == 1
+
+
+def test_each_operation_reports_exactly_the_rows_it_changed() -> None:
+    seen: list[list[object]] = []
+    failed = failed_message()  # dispatched: its probe-a row failed, probe-b succeeded
+    a, b = (ReceivedMessage.objects.get(message=failed, group=g) for g in ("probe-a", "probe-b"))
+    running = publish(ProbeHappened(n=2))
+    deliver_pending()
+    busy = ReceivedMessage.objects.get(message=running, group="probe-a")
+    claim(ReceivedMessage, busy.pk)
+    assert operations.reexecute_received([a, b, busy], on_changed=seen.append) == 2
+    assert [sorted(keys) for keys in seen] == [sorted([a.pk, b.pk])]
+
+    seen.clear()
+    undelivered = publish(ProbeHappened(n=3))
+    PublishedMessage.objects.filter(pk=undelivered.pk).update(status=MessageStatus.FAILED)
+    waiting = publish(ProbeHappened(n=4))
+    assert operations.requeue_published([failed, undelivered, waiting],
+                                        on_changed=seen.append) == 2
+    assert [sorted(map(str, keys)) for keys in seen] == [sorted([str(failed.pk),
+                                                                 str(undelivered.pk)])]
+
+    seen.clear()
+    delayed = publish(ProbeHappened(n=5), delay=3600)
+    assert operations.publish_now([delayed, running], on_changed=seen.append) == 1
+    assert seen == [[delayed.pk]]
+    seen.clear()
+    assert operations.publish_now([running], on_changed=seen.append) == 0
+    assert seen == []  # nothing changed: not called
