@@ -212,18 +212,18 @@ def series(now: datetime, bucket_seconds: int, buckets: int, using: str = "defau
 # --- charts -----------------------------------------------------------------------------------
 
 
-def nice_ticks(peak: float, intervals: int = 4, *, whole: bool = False) -> list[float]:
-    """Axis ticks from 0 past ``peak`` in steps of 1, 2 or 5 times a power of ten (about
-    ``intervals`` of them); ``whole`` keeps the step at 1 or more (counts, not rates)."""
+def nice_ticks(peak: float, intervals: int = 5, *, whole: bool = False) -> list[float]:
+    """Axis ticks from 0 to just past ``peak``, in the smallest step of 1, 2 or 5 times a
+    power of ten that needs at most ``intervals`` intervals; ``whole`` keeps the step at 1 or
+    more (counts, not rates)."""
     if peak <= 0:
         return [0.0, 1.0]
-    raw = peak / intervals
-    magnitude = 10.0 ** math.floor(math.log10(raw))
-    step = next(f * magnitude for f in (1, 2, 5, 10) if f * magnitude >= raw * (1 - 1e-9))
+    magnitude = 10.0 ** math.floor(math.log10(peak / intervals))
     if whole:
-        step = max(step, 1.0)
-    count = math.ceil(peak / step - 1e-9)
-    return [round(i * step, 10) for i in range(count + 1)]
+        magnitude = max(magnitude, 1.0)
+    steps = (f * magnitude * 10**k for k in range(3) for f in (1, 2, 5))
+    step = next(s for s in steps if math.ceil(peak / s - 1e-9) <= intervals)
+    return [round(i * step, 10) for i in range(math.ceil(peak / step - 1e-9) + 1)]
 
 
 def _fmt(value: float) -> str:
