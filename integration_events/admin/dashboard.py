@@ -63,10 +63,6 @@ class DashboardAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None
-                        ) -> HttpResponse:
-        return self.overview_view(request)
-
     def _using(self, request: HttpRequest) -> str:
         return str(self.get_queryset(request).db)
 
