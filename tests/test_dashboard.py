@@ -392,3 +392,16 @@ def test_links_to_where_the_dashboard_used_to_be_still_arrive(admin_client_: Cli
     for path, name in (("", OVERVIEW), ("subscribers/", SUBSCRIBERS), ("nodes/", NODES)):
         response = admin_client_.get(old + path)
         assert response.status_code == 302 and response["Location"] == reverse(name)
+
+
+@pytest.mark.xfail(strict=True, reason="the overview's history cache is read unguarded: a cache "
+                   "that is down answers 500")
+def test_the_overview_works_with_its_cache_down(admin_client_: Client, settings: Any) -> None:
+    publish(ProbeHappened(n=1))
+    # Nothing listens on port 1: every cache call fails (the session lives in the database).
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": "redis://127.0.0.1:1/0"}}
+    for page in (OVERVIEW, LIVE):
+        response = admin_client_.get(reverse(page))
+        assert response.status_code == 200, page
+    assert json.loads(admin_client_.get(reverse(LIVE)).content)["published"]["pending"] == 1
