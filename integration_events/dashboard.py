@@ -9,7 +9,9 @@ poll interval (``snapshot``). Charts are laid out here (``Chart``) and drawn by 
 from __future__ import annotations
 
 import json
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +27,8 @@ from .models import MessageStatus, PublishedMessage, ReceivedMessage, WorkerNode
 from .nodes import alive_nodes
 from .registry import Subscription, all_subscriptions
 
+logger = logging.getLogger("integration_events")
+
 # The live-rate window: RATE_BUCKETS buckets of RATE_BUCKET_SECONDS each (5 minutes).
 RATE_BUCKET_SECONDS = 10
 RATE_BUCKETS = 30
@@ -36,6 +40,24 @@ HISTORY_CACHE_SECONDS = 300
 LIVE_POLL_SECONDS = 5
 
 SERIES_COLOURS = {"published": "#0d6efd", "delivered": "#198754", "failed": "#dc3545"}
+
+
+def cached(key: str, seconds: int, compute: Callable[[], Any]) -> Any:
+    """``compute()``, kept in the HISTORY_CACHE cache for ``seconds``. A cache that is down
+    costs the queries it would have saved, never the page."""
+    cache = caches[HISTORY_CACHE]
+    try:
+        found = cache.get(key)
+    except Exception:
+        logger.warning("dashboard cache unavailable key=%s", key, exc_info=True)
+        return compute()
+    if found is None:
+        found = compute()
+        try:
+            cache.set(key, found, seconds)
+        except Exception:
+            logger.warning("dashboard cache unavailable key=%s", key, exc_info=True)
+    return found
 
 
 # --- counts and lag ---------------------------------------------------------------------------
@@ -195,12 +217,8 @@ def series(now: datetime, bucket_seconds: int, buckets: int, using: str = "defau
         end = datetime.fromtimestamp(epoch, tz=UTC)
     edges = [end - timedelta(seconds=bucket_seconds * (buckets - i)) for i in range(buckets + 1)]
     if bucket_seconds == 3600 and buckets > 1:
-        cache = caches[HISTORY_CACHE]
         key = f"integration_events:history:{using}:{edges[0].isoformat()}:{buckets}"
-        past = cache.get(key)
-        if past is None:
-            past = _series_counts(edges[:-1], using)
-            cache.set(key, past, HISTORY_CACHE_SECONDS)
+        past = cached(key, HISTORY_CACHE_SECONDS, lambda: _series_counts(edges[:-1], using))
         current = _series_counts(edges[-2:], using)
         published, delivered, failed = (p + c for p, c in zip(past, current, strict=True))
     else:
@@ -361,14 +379,14 @@ def history_chart(hist: dict[str, Any]) -> Chart:
 def snapshot(using: str = "default") -> dict[str, Any]:
     """Live rates, the 24-hour history and the number of alive nodes, computed at most once
     per LIVE_POLL_SECONDS (and database) and shared by every tab that polls."""
-    cache = caches[HISTORY_CACHE]
-    key = f"integration_events:live:{using}"
-    found: dict[str, Any] | None = cache.get(key)
-    if found is None:
+
+    def compute() -> dict[str, Any]:
         now = timezone.now()
-        found = {"live": live_rates(now, using), "history": history(now, using),
-                 "alive_nodes": alive_nodes(using).count()}
-        cache.set(key, found, LIVE_POLL_SECONDS)
+        return {"live": live_rates(now, using), "history": history(now, using),
+                "alive_nodes": alive_nodes(using).count()}
+
+    found: dict[str, Any] = cached(f"integration_events:live:{using}", LIVE_POLL_SECONDS,
+                                   compute)
     return found
 
 
