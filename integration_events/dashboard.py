@@ -1,13 +1,17 @@
 """What the admin's dashboard pages show: counts, lag, rates, history, subscribers, nodes.
 
 Every query here is bounded by an index (status, created_at, finished_at, lease_until) so
-that the pages stay fast with millions of rows; charts are rendered here as SVG strings
-(escaped, no script, no network) so the pages need nothing from outside.
+that the pages stay fast with millions of rows, and what the overview polls is cached for the
+poll interval (``snapshot``). Charts are laid out here (``Chart``) and drawn by the template
+``integration_events/admin/_chart.html`` (escaped SVG, no script, no network).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,11 +21,13 @@ from django.db import connections
 from django.db.models import Count, Min, Q, QuerySet
 from django.db.models.functions import TruncHour
 from django.utils import timezone
-from django.utils.html import escape
 
 from .events import declarations
 from .models import MessageStatus, PublishedMessage, ReceivedMessage, WorkerNode
+from .nodes import alive_nodes
 from .registry import Subscription, all_subscriptions
+
+logger = logging.getLogger("integration_events")
 
 # The live-rate window: RATE_BUCKETS buckets of RATE_BUCKET_SECONDS each (5 minutes).
 RATE_BUCKET_SECONDS = 10
@@ -29,10 +35,29 @@ RATE_BUCKETS = 30
 HISTORY_HOURS = 24
 HISTORY_CACHE = "default"
 HISTORY_CACHE_SECONDS = 300
-# A node whose heartbeat is older than this is shown as stale (the sweep beats every minute).
-STALE_AFTER = timedelta(minutes=3)
+# The overview polls its JSON this often; what it shows is computed at most once per interval
+# and database, however many tabs are open.
+LIVE_POLL_SECONDS = 5
 
 SERIES_COLOURS = {"published": "#0d6efd", "delivered": "#198754", "failed": "#dc3545"}
+
+
+def cached(key: str, seconds: int, compute: Callable[[], Any]) -> Any:
+    """``compute()``, kept in the HISTORY_CACHE cache for ``seconds``. A cache that is down
+    costs the queries it would have saved, never the page."""
+    cache = caches[HISTORY_CACHE]
+    try:
+        found = cache.get(key)
+    except Exception:
+        logger.warning("dashboard cache unavailable key=%s", key, exc_info=True)
+        return compute()
+    if found is None:
+        found = compute()
+        try:
+            cache.set(key, found, seconds)
+        except Exception:
+            logger.warning("dashboard cache unavailable key=%s", key, exc_info=True)
+    return found
 
 
 # --- counts and lag ---------------------------------------------------------------------------
@@ -192,12 +217,8 @@ def series(now: datetime, bucket_seconds: int, buckets: int, using: str = "defau
         end = datetime.fromtimestamp(epoch, tz=UTC)
     edges = [end - timedelta(seconds=bucket_seconds * (buckets - i)) for i in range(buckets + 1)]
     if bucket_seconds == 3600 and buckets > 1:
-        cache = caches[HISTORY_CACHE]
         key = f"integration_events:history:{using}:{edges[0].isoformat()}:{buckets}"
-        past = cache.get(key)
-        if past is None:
-            past = _series_counts(edges[:-1], using)
-            cache.set(key, past, HISTORY_CACHE_SECONDS)
+        past = cached(key, HISTORY_CACHE_SECONDS, lambda: _series_counts(edges[:-1], using))
         current = _series_counts(edges[-2:], using)
         published, delivered, failed = (p + c for p, c in zip(past, current, strict=True))
     else:
@@ -206,102 +227,114 @@ def series(now: datetime, bucket_seconds: int, buckets: int, using: str = "defau
                   delivered=delivered, failed=failed)
 
 
-# --- SVG --------------------------------------------------------------------------------------
+# --- charts -----------------------------------------------------------------------------------
 
 
-def svg_chart(
-    data: dict[str, list[float]],
-    labels: list[str],
-    *,
-    title: str,
-    unit: str = "",
-    width: int = 720,
-    height: int = 200,
-) -> str:
-    """A line chart with one polyline per series, axes, a legend and tooltips, as SVG markup.
-
-    Every text is escaped; the result holds no script and no external reference."""
-    left, right, top, bottom = 48, 12, 24, 28
-    plot_w, plot_h = width - left - right, height - top - bottom
-    points = max((len(v) for v in data.values()), default=0)
-    peak = max((max(v) for v in data.values() if v), default=0.0)
-    scale_max = _nice_ceiling(peak)
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="ie-chart" role="img" '
-        f'viewBox="0 0 {width} {height}" width="100%" preserveAspectRatio="xMidYMid meet" '
-        f'aria-label="{escape(title)}">',
-        f"<title>{escape(title)}</title>",
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fafafa" '
-        'stroke="#ddd"/>',
-    ]
-    for i in range(5):
-        value = scale_max * i / 4
-        y = top + plot_h - plot_h * i / 4
-        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
-                     'stroke="#e5e5e5"/>')
-        parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="10" '
-                     f'fill="#666">{escape(_fmt(value))}</text>')
-    step = plot_w / max(points - 1, 1)
-    label_every = max(1, points // 8)
-    for i, label in enumerate(labels[:points]):
-        if i % label_every == 0:
-            x = left + step * i
-            parts.append(f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle" '
-                         f'font-size="10" fill="#666">{escape(label)}</text>')
-    for legend_i, (name, values) in enumerate(data.items()):
-        colour = SERIES_COLOURS.get(name, "#333")
-        coords = " ".join(
-            f"{left + step * i:.1f},{top + plot_h - (plot_h * v / scale_max):.1f}"
-            for i, v in enumerate(values)
-        )
-        parts.append(f'<polyline class="ie-series ie-series-{escape(name)}" fill="none" '
-                     f'stroke="{colour}" stroke-width="2" points="{coords}"/>')
-        for i, v in enumerate(values):
-            if v:
-                x, y = left + step * i, top + plot_h - (plot_h * v / scale_max)
-                tip = f"{name} {labels[i] if i < len(labels) else ''}: {_fmt(v)}{unit}"
-                parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colour}">'
-                             f"<title>{escape(tip)}</title></circle>")
-        lx = left + 8 + legend_i * 110
-        parts.append(f'<rect x="{lx}" y="6" width="10" height="10" fill="{colour}"/>')
-        parts.append(f'<text x="{lx + 14}" y="15" font-size="11" fill="#333">'
-                     f"{escape(name)}</text>")
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _nice_ceiling(value: float) -> float:
-    if value <= 0:
-        return 1.0
-    magnitude = 10 ** (len(str(int(value))) - 1) if value >= 1 else 0.1
-    for factor in (1, 2, 2.5, 5, 10):
-        if value <= factor * magnitude:
-            return factor * magnitude
-    return 10 * magnitude
+def nice_ticks(peak: float, intervals: int = 5, *, whole: bool = False) -> list[float]:
+    """Axis ticks from 0 to just past ``peak``, in the smallest step of 1, 2 or 5 times a
+    power of ten that needs at most ``intervals`` intervals; ``whole`` keeps the step at 1 or
+    more (counts, not rates)."""
+    if peak <= 0:
+        return [0.0, 1.0]
+    magnitude = 10.0 ** math.floor(math.log10(peak / intervals))
+    if whole:
+        magnitude = max(magnitude, 1.0)
+    steps = (f * magnitude * 10**k for k in range(3) for f in (1, 2, 5))
+    step = next(s for s in steps if math.ceil(peak / s - 1e-9) <= intervals)
+    return [round(i * step, 10) for i in range(math.ceil(peak / step - 1e-9) + 1)]
 
 
 def _fmt(value: float) -> str:
-    return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}".rstrip("0")
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.10g}"
+
+
+@dataclass
+class ChartSeries:
+    name: str
+    colour: str
+    points: str
+    dots: list[tuple[str, str, str]]  # (x, y, tooltip)
+
+
+@dataclass
+class Chart:
+    """A line chart laid out for the template integration_events/admin/_chart.html: every
+    coordinate is computed here, every text is escaped there, colours other than the series'
+    come from the admin's CSS variables (light and dark themes)."""
+
+    title: str
+    width: int
+    height: int
+    left: int
+    top: int
+    plot_width: int
+    plot_height: int
+    y_ticks: list[tuple[str, str, str]] = field(default_factory=list)  # (line y, text y, label)
+    x_labels: list[tuple[str, str]] = field(default_factory=list)  # (x, label)
+    series: list[ChartSeries] = field(default_factory=list)
+    legend: list[tuple[int, int, str, str]] = field(default_factory=list)  # box x, text x
+
+    @property
+    def right(self) -> int:
+        return self.left + self.plot_width
+
+    @property
+    def tick_x(self) -> int:
+        return self.left - 4
+
+    @property
+    def label_y(self) -> int:
+        return self.height - 8
+
+
+def line_chart(data: dict[str, list[float]], labels: list[str], *, title: str, unit: str = "",
+               whole: bool = False, width: int = 720, height: int = 200) -> Chart:
+    """Lay out one polyline per series over ``labels``, with round axis ticks and a legend."""
+    chart = Chart(title=title, width=width, height=height, left=48, top=24,
+                  plot_width=width - 60, plot_height=height - 52)
+    points = max((len(v) for v in data.values()), default=0)
+    ticks = nice_ticks(max((max(v) for v in data.values() if v), default=0.0), whole=whole)
+    scale = ticks[-1]
+
+    def y_of(value: float) -> float:
+        return chart.top + chart.plot_height - chart.plot_height * value / scale
+
+    chart.y_ticks = [(f"{y_of(t):.1f}", f"{y_of(t) + 4:.1f}", _fmt(t)) for t in ticks]
+    step = chart.plot_width / max(points - 1, 1)
+    every = max(1, points // 8)
+    chart.x_labels = [(f"{chart.left + step * i:.1f}", label)
+                      for i, label in enumerate(labels[:points]) if i % every == 0]
+    for n, (name, values) in enumerate(data.items()):
+        colour = SERIES_COLOURS.get(name, "#6c757d")
+        xy = [(chart.left + step * i, y_of(v)) for i, v in enumerate(values)]
+        chart.series.append(ChartSeries(
+            name=name, colour=colour,
+            points=" ".join(f"{x:.1f},{y:.1f}" for x, y in xy),
+            dots=[(f"{x:.1f}", f"{y:.1f}",
+                   f"{name} {labels[i] if i < len(labels) else ''}: {_fmt(values[i])}{unit}")
+                  for i, (x, y) in enumerate(xy) if values[i]],
+        ))
+        box = chart.left + 8 + n * 110
+        chart.legend.append((box, box + 14, name, colour))
+    return chart
 
 
 # --- overview ---------------------------------------------------------------------------------
 
 
 def live_rates(now: datetime | None = None, using: str = "default") -> dict[str, Any]:
-    """The JSON the overview polls: per-second rates over the last minutes, the current
-    counts and lags, and the rate chart already rendered."""
+    """The counts, lags and per-second rates over the last minutes (what the overview
+    polls)."""
     now = now or timezone.now()
     s = series(now, RATE_BUCKET_SECONDS, RATE_BUCKETS, using)
-    rates = s.as_rates()
     counts = message_counts(using)
-    labels = [timezone.localtime(t).strftime("%H:%M:%S") for t in s.starts]
     window = RATE_BUCKET_SECONDS * RATE_BUCKETS
     return {
         "now": now.isoformat(),
         "window_seconds": window,
         "bucket_seconds": RATE_BUCKET_SECONDS,
-        "labels": labels,
-        "rates": rates,
+        "labels": [timezone.localtime(t).strftime("%H:%M:%S") for t in s.starts],
+        "rates": s.as_rates(),
         "per_second": {
             name: round(sum(getattr(s, name)) / window, 3)
             for name in ("published", "delivered", "failed")
@@ -313,31 +346,48 @@ def live_rates(now: datetime | None = None, using: str = "default") -> dict[str,
             "published": oldest_due(PublishedMessage, now, using),
             "received": oldest_due(ReceivedMessage, now, using),
         },
-        "chart": svg_chart(rates, labels, title="Messages per second, last 5 minutes",
-                           unit="/s"),
     }
+
+
+def rate_chart(live: dict[str, Any]) -> Chart:
+    return line_chart(live["rates"], live["labels"], unit="/s",
+                      title="Messages per second, last 5 minutes")
 
 
 def history(now: datetime | None = None, using: str = "default") -> dict[str, Any]:
-    """Hourly counts over the last 24 hours, and their chart."""
+    """Hourly counts over the last 24 hours."""
     now = now or timezone.now()
     s = series(now, 3600, HISTORY_HOURS, using)
-    labels = [timezone.localtime(t).strftime("%H:00") for t in s.starts]
-    data: dict[str, list[float]] = {
-        "published": [float(v) for v in s.published],
-        "delivered": [float(v) for v in s.delivered],
-        "failed": [float(v) for v in s.failed],
-    }
     rows = [
         {"start": t, "published": p, "delivered": d, "failed": f}
         for t, p, d, f in zip(s.starts, s.published, s.delivered, s.failed, strict=True)
     ]
     return {
-        "labels": labels,
+        "labels": [timezone.localtime(t).strftime("%H:00") for t in s.starts],
         "rows": rows,
         "totals": {name: sum(getattr(s, name)) for name in ("published", "delivered", "failed")},
-        "chart": svg_chart(data, labels, title="Messages per hour, last 24 hours"),
     }
+
+
+def history_chart(hist: dict[str, Any]) -> Chart:
+    data = {name: [float(row[name]) for row in hist["rows"]]
+            for name in ("published", "delivered", "failed")}
+    return line_chart(data, hist["labels"], whole=True,
+                      title="Messages per hour, last 24 hours")
+
+
+def snapshot(using: str = "default") -> dict[str, Any]:
+    """Live rates, the 24-hour history and the number of alive nodes, computed at most once
+    per LIVE_POLL_SECONDS (and database) and shared by every tab that polls."""
+
+    def compute() -> dict[str, Any]:
+        now = timezone.now()
+        return {"live": live_rates(now, using), "history": history(now, using),
+                "alive_nodes": alive_nodes(using).count()}
+
+    found: dict[str, Any] = cached(f"integration_events:live:{using}", LIVE_POLL_SECONDS,
+                                   compute)
+    return found
 
 
 def format_age(seconds: float | None) -> str:
@@ -417,8 +467,11 @@ class Claim:
 
 @dataclass
 class NodeInfo:
+    """A heartbeat row, whether it is alive by the one rule (integration_events.nodes), and
+    the claims its workers hold now."""
+
     node: WorkerNode
-    stale: bool
+    alive: bool
     claims: list[Claim]
 
     @property
@@ -445,23 +498,22 @@ def current_claims(using: str = "default") -> list[Claim]:
     return sorted(claims.values(), key=lambda c: c.worker)
 
 
-def nodes(now: datetime | None = None, using: str = "default") -> tuple[list[NodeInfo],
-                                                                        list[Claim]]:
+def nodes(using: str = "default") -> tuple[list[NodeInfo], list[Claim]]:
     """Each heartbeat row with the claims its workers hold now, and the claims of workers
     that belong to no known node.
 
     A node is named ``host:pid`` of its cluster process, while a claim names the worker
     process (``host:pid`` of a child); a claim belongs to a node when the names match (also
     as ``node-name/worker-pid``) or, failing that, when it is the only live node on the
-    claim's host."""
-    now = now or timezone.now()
+    claim's host. Alive is decided in database time, by ``nodes.alive_nodes()``."""
     claims = current_claims(using)
     rows = list(WorkerNode.objects.using(using).order_by("hostname", "name"))
-    infos = [NodeInfo(n, stale=now - n.last_seen_at > STALE_AFTER, claims=[]) for n in rows]
+    alive = set(alive_nodes(using).values_list("pk", flat=True))
+    infos = [NodeInfo(n, alive=n.pk in alive, claims=[]) for n in rows]
     by_name = {i.node.name: i for i in infos}
     by_host: dict[str, list[NodeInfo]] = {}
     for info in infos:
-        if not info.stale:
+        if info.alive:
             by_host.setdefault(info.node.hostname, []).append(info)
     unassigned: list[Claim] = []
     for claim in claims:

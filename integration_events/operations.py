@@ -1,8 +1,14 @@
-"""Operator actions (the admin calls these; so can you): requeue, re-execute, publish now."""
+"""Operator actions (the admin calls these; so can you): requeue, re-execute, publish now.
+
+Each returns how many rows it changed and, given ``on_changed``, calls it inside its
+transaction with the primary keys of exactly those rows (the admin writes its audit entries
+there). Candidate rows are read with ``select_for_update()`` so that no worker claims them
+between the read and the update.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, transaction
@@ -10,67 +16,90 @@ from django.db.models import Q
 from django.db.models.functions import Now
 
 from .handoff import nudge
-from .models import MessageStatus, PublishedMessage, ReceivedMessage
+from .models import ACTIVE_STATUSES, MessageStatus, PublishedMessage, ReceivedMessage
 
 _NOT_RUNNING = ~Q(status=MessageStatus.PROCESSING)
+
+ChangedHook = Callable[[list[Any]], object]
 
 
 def _pks(items: Iterable[Any]) -> list[Any]:
     return [getattr(item, "pk", item) for item in items]
 
 
-def _reset(qs: Any) -> int:
-    return int(
-        qs.filter(_NOT_RUNNING).update(
-            status=MessageStatus.PENDING,
-            attempts=0,
-            next_attempt_at=Now(),
-            finished_at=None,
-            expires_at=None,
-            lease_token=None,
-            lease_until=None,
-            error_type="",
-        )
+def _locked_keys(qs: Any) -> list[Any]:
+    return list(qs.select_for_update().order_by("pk").values_list("pk", flat=True))
+
+
+def _reset(qs: Any) -> list[Any]:
+    """Reset the rows of ``qs`` that are not running; returns their keys."""
+    keys = _locked_keys(qs.filter(_NOT_RUNNING))
+    if not keys:
+        return []
+    rows = qs.model._default_manager.using(qs.db).filter(pk__in=keys)
+    changed = rows.filter(_NOT_RUNNING).update(
+        status=MessageStatus.PENDING,
+        attempts=0,
+        next_attempt_at=Now(),
+        finished_at=None,
+        expires_at=None,
+        lease_token=None,
+        lease_until=None,
     )
+    if changed != len(keys):
+        # No row locks on this database and a worker claimed a row in between.
+        keys = list(rows.filter(status=MessageStatus.PENDING, attempts=0, lease_token=None)
+                    .values_list("pk", flat=True))
+    return keys
 
 
 def reexecute_received(
-    items: Iterable[ReceivedMessage | int], using: str = DEFAULT_DB_ALIAS
+    items: Iterable[ReceivedMessage | int], using: str = DEFAULT_DB_ALIAS,
+    *, on_changed: ChangedHook | None = None,
 ) -> int:
     """Run these inbox rows' handlers again (failed or succeeded; not while one is running).
     Attempts start again from zero. Returns the number of rows requeued."""
     with transaction.atomic(using=using):
-        count = _reset(ReceivedMessage.objects.using(using).filter(pk__in=_pks(items)))
+        keys = _reset(ReceivedMessage.objects.using(using).filter(pk__in=_pks(items)))
+        if on_changed is not None and keys:
+            on_changed(keys)
         transaction.on_commit(lambda: nudge(using), using=using, robust=True)
-    return count
+    return len(keys)
 
 
 def requeue_published(
-    items: Iterable[PublishedMessage | Any], using: str = DEFAULT_DB_ALIAS
+    items: Iterable[PublishedMessage | Any], using: str = DEFAULT_DB_ALIAS,
+    *, on_changed: ChangedHook | None = None,
 ) -> int:
     """Send these messages again: a failed one is fanned out afresh; a succeeded one has every
     group's inbox row run again. Returns the number of messages requeued."""
     pks = _pks(items)
     with transaction.atomic(using=using):
         published = PublishedMessage.objects.using(using).filter(pk__in=pks)
-        count = _reset(published.filter(status=MessageStatus.FAILED))
-        succeeded = list(
-            published.filter(status=MessageStatus.SUCCEEDED).values_list("pk", flat=True)
-        )
+        keys = _reset(published.filter(status=MessageStatus.FAILED))
+        succeeded = _locked_keys(published.filter(status=MessageStatus.SUCCEEDED))
         if succeeded:
             _reset(ReceivedMessage.objects.using(using).filter(message_id__in=succeeded))
-            count += len(succeeded)
+            keys += succeeded
+        if on_changed is not None and keys:
+            on_changed(keys)
         transaction.on_commit(lambda: nudge(using), using=using, robust=True)
-    return count
+    return len(keys)
 
 
-def publish_now(items: Iterable[PublishedMessage | Any], using: str = DEFAULT_DB_ALIAS) -> int:
+def publish_now(
+    items: Iterable[PublishedMessage | Any], using: str = DEFAULT_DB_ALIAS,
+    *, on_changed: ChangedHook | None = None,
+) -> int:
     """Make delayed (or backing-off) messages due now. Returns the number changed."""
     with transaction.atomic(using=using):
-        count = int(
-            PublishedMessage.objects.using(using)
-            .filter(pk__in=_pks(items), status__in=(MessageStatus.PENDING, MessageStatus.RETRYING))
-            .update(next_attempt_at=Now())
-        )
+        waiting = PublishedMessage.objects.using(using).filter(
+            pk__in=_pks(items), status__in=ACTIVE_STATUSES)
+        keys = _locked_keys(waiting)
+        if keys and waiting.filter(pk__in=keys).update(next_attempt_at=Now()) != len(keys):
+            # No row locks on this database and a worker claimed a row in between.
+            keys = list(waiting.filter(pk__in=keys).values_list("pk", flat=True))
+        if on_changed is not None and keys:
+            on_changed(keys)
         transaction.on_commit(lambda: nudge(using), using=using, robust=True)
-    return count
+    return len(keys)

@@ -1,11 +1,14 @@
 """The admin dashboard in a real browser: Playwright (sync API) driving Debian's Chromium
-against pytest-django's live server.
+against pytest-django's live server, in a 1400 px wide window.
 
 The operator test runs a real ``manage.py qcluster`` subprocess (tests/conftest.py's
 ``cluster`` fixture) that delivers the requeued message; the traffic before it is delivered
 in-process with ``integration_events.testing.deliver_pending()`` so that the pages have
 something to show without waiting for retries.
-Screenshots of every page are written to docs/images/ (IE_SCREENSHOT_DIR overrides).
+
+Tests never write into the checkout: screenshots of the pages they visit are taken only when
+IE_SCREENSHOT_DIR names a directory (the documentation's screenshots come from the demo's
+data instead: scripts/screenshots.py).
 
 Skipped, with the reason, when playwright or /usr/bin/chromium is missing.
 """
@@ -29,8 +32,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SHOTS = Path(os.environ.get("IE_SCREENSHOT_DIR",
-                            Path(__file__).resolve().parents[2] / "docs" / "images"))
+WIDTH = 1400
 TIMEOUT_MS = 15_000
 
 sync_api = pytest.importorskip(
@@ -40,6 +42,19 @@ sync_api = pytest.importorskip(
 if shutil.which(CHROMIUM) is None:  # missing, or not an executable file
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set IE_CHROMIUM)",
                 allow_module_level=True)
+
+
+def screenshot_dir() -> Path | None:
+    """Where to put screenshots: only where IE_SCREENSHOT_DIR asks (off by default)."""
+    named = os.environ.get("IE_SCREENSHOT_DIR", "").strip()
+    return Path(named) if named else None
+
+
+def shot(page: Any, name: str) -> None:
+    target = screenshot_dir()
+    if target is not None:
+        target.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(target / f"{name}.png"), full_page=True)
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +80,10 @@ def users(db: Any) -> None:
         content_type__app_label="integration_events", codename__startswith="view_"))
 
 
-def new_page(browser: Any, live_server: Any, username: str) -> Any:
-    context = browser.new_context(viewport={"width": 1280, "height": 900},
-                                  base_url=live_server.url)
+def new_page(browser: Any, live_server: Any, username: str, *, dark: bool = False) -> Any:
+    context = browser.new_context(viewport={"width": WIDTH, "height": 900},
+                                  base_url=live_server.url,
+                                  color_scheme="dark" if dark else "light")
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     page.goto("/admin/login/?next=/admin/")
@@ -76,11 +92,6 @@ def new_page(browser: Any, live_server: Any, username: str) -> Any:
     page.click("input[type=submit]")
     page.wait_for_url("**/admin/")
     return page
-
-
-def shot(page: Any, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def traffic() -> tuple[Any, Any]:
@@ -108,7 +119,6 @@ def traffic() -> tuple[Any, Any]:
     return failed, permanent
 
 
-@pytest.mark.cluster
 def publish_ok(n: int, text: str = "") -> Any:
     from integration_events import publish
     from integration_events.testing import deliver_pending
@@ -117,6 +127,20 @@ def publish_ok(n: int, text: str = "") -> Any:
     message = publish(ProbeHappened(n=n, text=text))
     deliver_pending()
     return message
+
+
+def assert_list_fits_the_window(page: Any) -> None:
+    """The last column ends inside the window and the list does not scroll sideways."""
+    last = page.locator("#result_list thead th").last.bounding_box()
+    assert last is not None and last["x"] + last["width"] <= WIDTH, last
+    assert page.locator(".results").evaluate("e => e.scrollWidth <= e.clientWidth")
+
+
+def luminance(css_colour: str) -> float:
+    """Relative luminance (0 black .. 1 white) of an "rgb(r, g, b)" computed colour."""
+    r, g, b = (int(float(v)) / 255 for v in css_colour[css_colour.index("(") + 1:-1]
+               .split(",")[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
 
 def test_operator_finds_a_failed_message_requeues_it_and_sees_it_succeed(
@@ -144,10 +168,13 @@ def test_operator_finds_a_failed_message_requeues_it_and_sees_it_succeed(
     assert page.locator("#ie-published-total").inner_text() == "17"
     assert page.locator('[data-ie-received="probe-a|failed"]').inner_text() == "2"
     assert page.locator("svg.ie-chart polyline.ie-series-published").count() == 2
-    # The live part refreshes itself from the JSON endpoint.
+    # The live part refreshes itself from the JSON endpoint, the 24-hour section and the
+    # banner included: the cluster's heartbeat hides it.
     page.wait_for_function(
         "document.getElementById('ie-updated').textContent.indexOf('updated') >= 0")
     assert page.locator("#ie-rate-chart svg.ie-chart").count() == 1
+    assert page.locator("#ie-history-chart svg.ie-chart").count() == 1
+    page.wait_for_selector("#ie-no-cluster", state="hidden")
     shot(page, "overview")
 
     page.click(".ie-nav >> text=Subscribers")
@@ -163,9 +190,11 @@ def test_operator_finds_a_failed_message_requeues_it_and_sees_it_succeed(
 
     page.click(".ie-nav >> text=Received")
     page.wait_for_selector("#result_list")
+    assert_list_fits_the_window(page)
     page.click("#changelist-filter >> text=Failed")
     page.wait_for_selector("#result_list")
     assert page.locator("#result_list tbody tr").count() == 3
+    assert_list_fits_the_window(page)
     shot(page, "received-list")
     stuck = ReceivedMessage.objects.get(message__content__contains='"n":100', group="probe-a")
     page.goto(f"/admin/integration_events/receivedmessage/{stuck.pk}/change/")
@@ -175,6 +204,7 @@ def test_operator_finds_a_failed_message_requeues_it_and_sees_it_succeed(
     # Find the failed message by its id, requeue it.
     page.click(".ie-nav >> text=Published")
     page.wait_for_selector("#result_list")
+    assert_list_fits_the_window(page)
     shot(page, "published-list")
     page.fill("#searchbar", str(failed.pk))
     page.press("#searchbar", "Enter")
@@ -203,6 +233,9 @@ def test_operator_finds_a_failed_message_requeues_it_and_sees_it_succeed(
     assert "<script>alert('x')</script>" in page.locator("pre.ie-json").inner_text()
     assert page.locator("pre.ie-json script").count() == 0
     shot(page, "published-detail")
+    # The requeue is in the message's history.
+    page.click("text=History")
+    assert "Requeued (was succeeded)" in page.locator("#change-history").inner_text()
     receipt.refresh_from_db()
     assert receipt.status == MessageStatus.SUCCEEDED
     page.context.close()
@@ -215,7 +248,7 @@ def test_view_only_user_sees_but_cannot_act(
 
     failed, _ = traffic()
     page = new_page(browser, live_server, "viewer")
-    page.goto("/admin/integration_events/publishedmessage/dashboard/")
+    page.goto("/admin/integration_events/dashboard/")
     assert page.locator("svg.ie-chart").count() == 2
     page.goto("/admin/integration_events/publishedmessage/")
     page.wait_for_selector("#result_list")
@@ -247,12 +280,55 @@ def test_view_only_user_sees_but_cannot_act(
     assert PublishedMessage.objects.filter(pk=failed.pk).exists()
 
     # The JSON endpoint is the viewer's, and nobody else's.
-    assert page.request.get("/admin/integration_events/publishedmessage/dashboard/live.json"
+    assert page.request.get("/admin/integration_events/dashboard/live.json"
                             ).json()["published"]["failed"] == 0
     anonymous = browser.new_context(base_url=live_server.url)
     answer = anonymous.request.get(
-        "/admin/integration_events/publishedmessage/dashboard/live.json", max_redirects=0)
+        "/admin/integration_events/dashboard/live.json", max_redirects=0)
     assert answer.status == 302
     assert "/admin/login/" in answer.headers["location"]
     anonymous.close()
     page.context.close()
+
+
+def test_overview_banner_when_no_cluster_is_alive(browser: Any, live_server: Any,
+                                                  users: None) -> None:
+    from django.core.cache import cache
+
+    from integration_events.models import WorkerNode
+
+    page = new_page(browser, live_server, "viewer")
+    page.goto("/admin/integration_events/")
+    page.click("text=Overview")
+    banner = page.locator("#ie-no-cluster")
+    assert banner.is_visible()
+    assert "manage.py qcluster" in banner.inner_text()
+    WorkerNode.objects.create(name="worker-1:1", hostname="worker-1", pid=1)
+    cache.clear()  # what the overview shows is cached for its poll interval
+    page.reload()
+    assert page.locator("#ie-no-cluster").is_hidden()
+    page.context.close()
+
+
+def test_overview_in_dark_mode(browser: Any, live_server: Any, users: None) -> None:
+    traffic()
+    page = new_page(browser, live_server, "admin", dark=True)
+    page.goto("/admin/integration_events/dashboard/")
+    chart = page.locator("#ie-history-chart svg.ie-chart")
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert luminance(background) < 0.2
+    plot = chart.locator(".ie-plot").evaluate("e => getComputedStyle(e).fill")
+    legend = chart.locator(".ie-legend text").first.evaluate("e => getComputedStyle(e).fill")
+    ticks = chart.locator(".ie-tick").first.evaluate("e => getComputedStyle(e).fill")
+    assert luminance(plot) < 0.25, plot
+    assert luminance(legend) > 0.7, legend
+    assert luminance(ticks) > 0.6, ticks
+    page.context.close()
+
+
+def test_screenshots_are_taken_only_when_asked(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    monkeypatch.delenv("IE_SCREENSHOT_DIR", raising=False)
+    assert screenshot_dir() is None
+    monkeypatch.setenv("IE_SCREENSHOT_DIR", str(tmp_path))
+    assert screenshot_dir() == tmp_path

@@ -40,16 +40,29 @@
     text("ie-rate-published", data.per_second.published);
     text("ie-rate-delivered", data.per_second.delivered);
     text("ie-rate-failed", data.per_second.failed);
+    // The charts and the 24-hour section are rendered and escaped by the server's templates
+    // (integration_events/admin/_chart.html, _history.html).
     var chart = document.getElementById("ie-rate-chart");
-    // The chart is SVG rendered and escaped by the server (integration_events.dashboard).
     if (chart) { chart.innerHTML = data.chart; }
-    text("ie-updated", "(updated " + new Date().toLocaleTimeString() + ", every 5 s)");
+    var history = document.getElementById("ie-history");
+    if (history) {
+      var table = document.getElementById("ie-history-table");
+      var open = table ? table.open : false;
+      history.innerHTML = data.history_html;
+      table = document.getElementById("ie-history-table");
+      if (table) { table.open = open; }
+    }
+    var banner = document.getElementById("ie-no-cluster");
+    if (banner) { banner.hidden = data.alive_nodes > 0; }
+    text("ie-updated", "(updated " + new Date().toLocaleTimeString() + ", every " +
+         Math.round(interval / 1000) + " s)");
   }
+  var interval = 5000;
   function start() {
     var root = document.getElementById("ie-overview");
     if (!root) { return; }
     var url = root.getAttribute("data-live-url");
-    var interval = parseInt(root.getAttribute("data-interval"), 10) || 5000;
+    interval = parseInt(root.getAttribute("data-interval"), 10) || 5000;
     function tick() {
       fetch(url, {credentials: "same-origin", headers: {"Accept": "application/json"}})
         .then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.json(); })
