@@ -116,6 +116,10 @@ def _transaction(ex: Executor, taken: Claim[ReceivedMessage], prepared: list[Pre
     result = _Result()
     with transaction.atomic(using=ex.using):
         for index, item in enumerate(prepared):
+            if index and not ex.strategy.keep_going(item.row):
+                # Flow control stops the unit here (a pause, the group's time in this pass).
+                result.leftover = prepared[index:]
+                break
             try:
                 if savepoints:
                     try:

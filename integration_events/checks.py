@@ -201,6 +201,29 @@ def check_topics(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
     errors = _check_declarations(decls)
     for sub in all_subscriptions():
         errors.extend(_check_subscription(sub, decls))
+    return errors + _check_group_limits(all_subscriptions())
+
+
+def _check_group_limits(subs: list[Any]) -> list[checks.CheckMessage]:
+    """E013: two subscriptions of one group declare different flow-control limits (the
+    limits hold for the whole group, so they must agree)."""
+    seen: dict[str, Any] = {}
+    errors: list[checks.CheckMessage] = []
+    for sub in subs:
+        if sub.max_concurrency is None and sub.rate_limit is None:
+            continue
+        first = seen.setdefault(sub.group, sub)
+        if (first.max_concurrency, first.rate_limit) != (sub.max_concurrency, sub.rate_limit):
+            errors.append(checks.Error(
+                f"Group {sub.group!r} declares different limits: {first.dotted_path} has "
+                f"max_concurrency={first.max_concurrency}, rate_limit={first.rate_limit}; "
+                f"{sub.dotted_path} has max_concurrency={sub.max_concurrency}, "
+                f"rate_limit={sub.rate_limit}.",
+                hint="Limits hold for the whole group: give every @subscriber of the group the "
+                "same max_concurrency and rate_limit (or set them on one only).",
+                obj=sub.handler,
+                id="integration_events.E013",
+            ))
     return errors
 
 

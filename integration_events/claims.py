@@ -43,6 +43,8 @@ class ClaimStrategy(Protocol):
       any transaction; a unit is a chunk that runs in one transaction, a batch, or one row)
       and yields the rows that may start now; the rest go back unstarted, without losing an
       attempt. It is exited when the unit is done (release what it acquired there).
+    - ``keep_going(row)`` is asked before each handler of a unit after its first; False
+      stops the unit there (what ran commits; the rest is admitted again or goes back).
     - ``running(row)`` is entered around each handler run of a claimed row (inside the
       unit's transaction).
     """
@@ -52,6 +54,9 @@ class ClaimStrategy(Protocol):
 
     def admit(self, claim: Claim[ReceivedMessage], rows: list[ReceivedMessage]
               ) -> AbstractContextManager[list[ReceivedMessage]]:
+        ...
+
+    def keep_going(self, row: ReceivedMessage) -> bool:
         ...
 
     def running(self, row: ReceivedMessage) -> AbstractContextManager[None]:
@@ -81,6 +86,9 @@ class OldestFirst:
     def admit(self, claim: Claim[ReceivedMessage], rows: list[ReceivedMessage]
               ) -> AbstractContextManager[list[ReceivedMessage]]:
         return nullcontext(rows)
+
+    def keep_going(self, row: ReceivedMessage) -> bool:
+        return True
 
     def running(self, row: ReceivedMessage) -> AbstractContextManager[None]:
         return nullcontext()

@@ -153,7 +153,7 @@ class IntegrationEventsSettings(BaseModel):
     # The seams (docs/extending.md): the classes that hand work to the task queue, pick the
     # rows a pass claims, and wait while idle (dotted paths), and the instrumentations.
     PUMP: DottedPath = "integration_events.tasks.DjangoQPump"
-    CLAIM_STRATEGY: DottedPath = "integration_events.claims.OldestFirst"
+    CLAIM_STRATEGY: DottedPath = "integration_events.flow.FairShare"
     IDLE_WAITER: DottedPath = "integration_events.waiting.SleepWaiter"
     INSTRUMENTATION: Annotated[
         tuple[DottedPath, ...], Expect("a list of dotted paths of Instrumentation classes"),

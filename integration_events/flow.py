@@ -96,13 +96,15 @@ class FairShare(OldestFirst):
             return super().select(qs, limit, skip_locked=skip_locked)
         now = self.clock()
         self._local.state = _Pass(started=now, checked_at=now)
-        limits = group_limits()
-        full = full_groups(qs.db, limits) if any(
-            lim.max_concurrency for lim in limits.values()) else set()
-        window = self._window(qs, limit + 1, skip_locked, exclude=full)
+        window = self._window(qs, limit + 1, skip_locked)
         if window and window[0][2] == LEASE_EXPIRED:
             return [window[0][0]]  # a row back from an expired lease is claimed alone
         window = _before_first_suspect(window)
+        # Groups at their concurrency limit: their rows stay for a worker that gets a slot
+        # (looked up only when the window holds rows of a group with a limit).
+        limits = group_limits()
+        full = full_groups(qs.db, {g: limits[g] for g in {r[1] for r in window} if g in limits})
+        window = [r for r in window if r[1] not in full]
         if len(window) <= limit:  # everything due is in hand: no backlog to share
             return self._fast_first(window)
         taken: dict[str, list[Any]] = {}
@@ -114,6 +116,8 @@ class FairShare(OldestFirst):
         for group in sorted(registered_groups() - set(taken) - full):
             if now - self.empty_at.get(group, float("-inf")) < _recheck_after():
                 continue
+            if group in limits and full_groups(qs.db, {group: limits[group]}):
+                continue
             rows = self._group_rows(qs, group, self.share(group, limit), skip_locked)
             if rows:
                 taken[group] = rows
@@ -122,14 +126,12 @@ class FairShare(OldestFirst):
         order = sorted(taken, key=lambda g: self.cost.get(g, 0.0))
         return [pk for group in order for pk in taken[group]][:limit]
 
-    def _window(self, qs: MessageQuerySet[Any], limit: int, skip_locked: bool,
-                exclude: set[str]) -> list[tuple[Any, str, str]]:
+    def _window(self, qs: MessageQuerySet[Any], limit: int, skip_locked: bool
+                ) -> list[tuple[Any, str, str]]:
         """The oldest due rows across groups: (pk, group, error_type), retries first."""
         rows: list[tuple[Any, str, str]] = []
         for status in (MessageStatus.RETRYING, MessageStatus.PENDING):
             due = qs.claimable(status)
-            if exclude:
-                due = due.exclude(group__in=sorted(exclude))
             if skip_locked:
                 due = due.select_for_update(skip_locked=True)
             rows += due.values_list("pk", "group", "error_type")[: limit - len(rows)]
@@ -197,6 +199,14 @@ class FairShare(OldestFirst):
         finally:
             release_slot(claim.using, slot, holder)
 
+    def keep_going(self, row: ReceivedMessage) -> bool:
+        """Inside a unit: stop before a handler whose group was paused meanwhile (re-read at
+        most every POLL_INTERVAL) or has used its time in this pass."""
+        state = self.current
+        if state.seconds.get(row.group, 0.0) >= get_settings().EXECUTE_BATCH_SECONDS:
+            return False
+        return row.group not in self._held_back(row._state.db or "default", state)
+
     def running(self, row: ReceivedMessage) -> AbstractContextManager[None]:
         return _timed(self, row.group)
 
@@ -251,7 +261,8 @@ def _free(group: str, limit: int) -> Q:
 
 
 def full_groups(using: str, limits: dict[str, GroupLimits]) -> set[str]:
-    """Groups with a concurrency limit whose every slot is held (their rows are not claimed)."""
+    """Of ``limits``' groups with a concurrency limit, those whose every slot is held (their
+    rows are not claimed); no query when none of them has a concurrency limit."""
     limited = {g: lim.max_concurrency for g, lim in limits.items() if lim.max_concurrency}
     if not limited:
         return set()
@@ -294,12 +305,6 @@ def acquire_slot(using: str, group: str, limit: int, holder: str) -> int | None:
 def release_slot(using: str, slot: int, holder: str) -> None:
     GroupSlot.objects.using(using).filter(pk=slot, holder=holder).update(
         holder="", lease_until=None)
-
-
-def renew_slots(using: str, holders: list[str], seconds: float) -> int:
-    """Push the lease of the slots these claims hold (the lease keeper calls this)."""
-    return int(GroupSlot.objects.using(using).filter(holder__in=holders).update(
-        lease_until=after(seconds)))
 
 
 # --- rate_limit: grants -----------------------------------------------------------------------

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from django.db import connections
 
-from .models import PublishedMessage, ReceivedMessage
+from .models import GroupSlot, PublishedMessage, ReceivedMessage, after
 
 logger = logging.getLogger("integration_events")
 
@@ -53,10 +53,14 @@ class LeaseKeeper:
             tokens = list(self.tokens)
         if not tokens:
             return 0
-        return sum(
+        renewed = sum(
             model.objects.using(self.alias).renew(tokens, self.lease_seconds)
             for model in (ReceivedMessage, PublishedMessage)
         )
+        # The concurrency slots a unit holds are leased under its claim's token too.
+        GroupSlot.objects.using(self.alias).filter(
+            holder__in=[str(t) for t in tokens]).update(lease_until=after(self.lease_seconds))
+        return renewed
 
     def _run(self) -> None:
         interval = max(0.05, self.lease_seconds / 3)

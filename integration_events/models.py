@@ -126,16 +126,32 @@ class MessageQuerySet(models.QuerySet[M]):
         is paused or backing off (a NOT EXISTS probe on GroupState's primary key, in the same
         statement; a locking read does not lock the subquery's rows)."""
         due = self.due(status)
-        if not any(f.name == "group" for f in self.model._meta.concrete_fields):
+        if not _has_group(self.model):
             return due
         return due.exclude(models.Exists(
             GroupState.objects.held_back().filter(group=models.OuterRef("group"))))
 
     def next_due_in(self) -> float | None:
-        """Seconds until the first waiting row falls due (negative: overdue), or None."""
-        value = self.active().aggregate(due=models.Min(models.ExpressionWrapper(
-            models.F("next_attempt_at") - Now(), output_field=models.DurationField())))["due"]
-        return None if value is None else float(value.total_seconds())
+        """Seconds until the first waiting row that could be claimed falls due (negative:
+        overdue), or None. Rows of a paused group do not count; a backing-off group counts
+        from the end of its backoff. One index-ordered probe per status (LIMIT 1), plus one
+        on GroupState for inbox rows."""
+        grouped = _has_group(self.model)
+        soonest: list[float] = []
+        for status in ACTIVE_STATUSES:
+            rows = self.filter(status=status)
+            if grouped:
+                rows = rows.exclude(models.Exists(
+                    GroupState.objects.held_back().filter(group=models.OuterRef("group"))))
+            first = rows.order_by("next_attempt_at").annotate(db_now=Now()).values_list(
+                "next_attempt_at", "db_now")[:1]
+            soonest += [(due - now).total_seconds() for due, now in first]
+        if grouped:  # a backoff's end may make rows claimable again
+            backing_off = GroupState.objects.using(self.db).filter(
+                paused=False, backoff_until__gt=Now()).annotate(db_now=Now()).order_by(
+                "backoff_until").values_list("backoff_until", "db_now")[:1]
+            soonest += [(until - now).total_seconds() for until, now in backing_off if until]
+        return min(soonest) if soonest else None
 
     def expired_leases(self) -> MessageQuerySet[M]:
         """Claims whose holder stopped renewing them (killed, crashed or hung)."""
@@ -147,6 +163,11 @@ class MessageQuerySet(models.QuerySet[M]):
 
 
 MessageManager = models.Manager.from_queryset(MessageQuerySet)
+
+
+def _has_group(model: type[models.Model]) -> bool:
+    """Inbox rows have a group (and so a GroupState); outbox rows do not."""
+    return any(f.name == "group" for f in model._meta.concrete_fields)
 
 
 class MessageBase(models.Model):

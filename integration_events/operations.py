@@ -1,4 +1,5 @@
-"""Operator actions (the admin calls these; so can you): requeue, re-execute, publish now.
+"""Operator actions (the admin calls these; so can you): requeue, re-execute, publish now,
+pause and resume a group.
 
 Each returns how many rows it changed and, given ``on_changed``, calls it inside its
 transaction with the primary keys of exactly those rows (the admin writes its audit entries
@@ -16,7 +17,13 @@ from django.db.models import Q
 from django.db.models.functions import Now
 
 from .handoff import nudge
-from .models import ACTIVE_STATUSES, MessageStatus, PublishedMessage, ReceivedMessage
+from .models import (
+    ACTIVE_STATUSES,
+    GroupState,
+    MessageStatus,
+    PublishedMessage,
+    ReceivedMessage,
+)
 
 _NOT_RUNNING = ~Q(status=MessageStatus.PROCESSING)
 
@@ -103,3 +110,25 @@ def publish_now(
             on_changed(keys)
         transaction.on_commit(lambda: nudge(using), using=using, robust=True)
     return len(keys)
+
+
+def pause_group(group: str, using: str = DEFAULT_DB_ALIAS) -> bool:
+    """Stop starting handlers of ``group`` on every cluster: claims skip it and units already
+    claimed re-check before they start, so none starts later than about POLL_INTERVAL after
+    this returns; running handlers finish; the backlog stays. Survives restarts (the state is
+    a GroupState row). Returns False if it was paused already."""
+    with transaction.atomic(using=using):
+        states = GroupState.objects.using(using)
+        states.get_or_create(group=group)
+        was_paused = states.select_for_update().filter(group=group, paused=True).exists()
+        states.filter(group=group).update(paused=True, paused_at=Now(), updated_at=Now())
+    return not was_paused
+
+
+def resume_group(group: str, using: str = DEFAULT_DB_ALIAS) -> bool:
+    """Let ``group`` run again; its backlog drains. Returns False if it was not paused."""
+    with transaction.atomic(using=using):
+        resumed = GroupState.objects.using(using).filter(group=group, paused=True).update(
+            paused=False, paused_at=None, updated_at=Now())
+        transaction.on_commit(lambda: nudge(using), using=using, robust=True)
+    return bool(resumed)

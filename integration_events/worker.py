@@ -22,6 +22,7 @@ from .conf import get_settings
 from .dispatch import Dispatcher
 from .execute import Executor
 from .failures import Failures
+from .flow import delete_old_grants
 from .handoff import nudge
 from .instrumentation import Hooks, get_hooks
 from .leases import LeaseKeeper
@@ -115,6 +116,7 @@ class Worker:
             stats.released += released
             stats.dead += dead
         stats.deleted_published, stats.deleted_received = self.sweeper.delete_all_expired()
+        delete_old_grants(self.using)
         if stats.released or stats.dead or stats.deleted_published or stats.deleted_received:
             logger.info(
                 "sweep alias=%s released=%s dead=%s deleted_published=%s deleted_received=%s",

@@ -55,3 +55,26 @@ class CommitChained(IntegrationEvent, topic=ProbeTopics.COMMIT_CHAINED):
 
     depth: int
     label: str = ""
+
+
+class Paced(IntegrationEvent, topic=ProbeTopics.PACED_SLOW):
+    """Flow-control probes: the handler journals its start and end and sleeps ``sleep``."""
+
+    n: int
+    sleep: float = 0.0
+
+
+class PacedFast(Paced, topic=ProbeTopics.PACED_FAST):
+    pass
+
+
+class Limited(Paced, topic=ProbeTopics.LIMITED):
+    pass
+
+
+class Rated(Paced, topic=ProbeTopics.RATED):
+    pass
+
+
+class Pausable(Paced, topic=ProbeTopics.PAUSABLE):
+    pass

@@ -15,3 +15,17 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.group} {self.message_id} attempt {self.attempt}"
+
+
+class Run(models.Model):
+    """A flow-control probe's handler run: when it started and ended (wall clock, seconds),
+    in which process. Written by the handler, so only committed runs are kept."""
+
+    group = models.CharField(max_length=100)
+    n = models.IntegerField()
+    started = models.FloatField()
+    ended = models.FloatField()
+    pid = models.IntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.group} {self.n}"

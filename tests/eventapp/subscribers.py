@@ -8,8 +8,18 @@ from django.db import transaction
 
 from integration_events import MessageContext, publish, subscriber
 
-from .events import ChainLinked, CommitChained, ProbeHappened, Stamped
-from .models import Delivery
+from .events import (
+    ChainLinked,
+    CommitChained,
+    Limited,
+    Paced,
+    PacedFast,
+    Pausable,
+    ProbeHappened,
+    Rated,
+    Stamped,
+)
+from .models import Delivery, Run
 from .topics import ProbeTopics
 
 
@@ -85,3 +95,36 @@ def extend_chain_on_commit(event: CommitChained, context: MessageContext) -> Non
     transaction.on_commit(
         lambda: publish(CommitChained(depth=event.depth + 1, label=event.label))
     )
+
+
+def journal(event: Paced, context: MessageContext) -> None:
+    started = time.time()
+    if event.sleep:
+        time.sleep(event.sleep)
+    Run.objects.create(group=context.group, n=event.n, started=started, ended=time.time(),
+                       pid=os.getpid())
+
+
+@subscriber(ProbeTopics.PACED_SLOW, group="paced-slow")
+def paced_slow(event: Paced, context: MessageContext) -> None:
+    journal(event, context)
+
+
+@subscriber(ProbeTopics.PACED_FAST, group="paced-fast")
+def paced_fast(event: PacedFast, context: MessageContext) -> None:
+    journal(event, context)
+
+
+@subscriber(ProbeTopics.LIMITED, group="limited", max_concurrency=2)
+def limited(event: Limited, context: MessageContext) -> None:
+    journal(event, context)
+
+
+@subscriber(ProbeTopics.RATED, group="rated", rate_limit="20/s")
+def rated(event: Rated, context: MessageContext) -> None:
+    journal(event, context)
+
+
+@subscriber(ProbeTopics.PAUSABLE, group="pausable")
+def pausable(event: Pausable, context: MessageContext) -> None:
+    journal(event, context)

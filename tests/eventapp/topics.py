@@ -7,3 +7,9 @@ class ProbeTopics(StrEnum):
     LONELY_HAPPENED = "probe.lonely-happened"
     STAMPED = "probe.stamped"
     COMMIT_CHAINED = "probe.commit-chained"
+    # Flow control: one topic per group under test.
+    PACED_SLOW = "probe.paced-slow"
+    PACED_FAST = "probe.paced-fast"
+    LIMITED = "probe.limited"
+    RATED = "probe.rated"
+    PAUSABLE = "probe.pausable"

@@ -1,0 +1,234 @@
+"""Flow control in-process: fair shares, the time budget per group, pause re-checks,
+concurrency slots, rate grants, group limits from @subscriber, and the group command."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.db.models.functions import Now
+from django.test import override_settings
+
+from integration_events import operations, publish, publish_many
+from integration_events.checks import check_topics
+from integration_events.claims import claim
+from integration_events.flow import FairShare, acquire_slot, grant, release_slot
+from integration_events.models import (
+    GroupSlot,
+    GroupState,
+    MessageStatus,
+    RateGrant,
+    ReceivedMessage,
+)
+from integration_events.registry import Rate, group_limits, parse_rate, subscriber, unregister
+from integration_events.worker import Worker
+from tests.eventapp.events import LonelyHappened, Paced, PacedFast, Pausable
+from tests.eventapp.models import Run
+
+pytestmark = pytest.mark.django_db
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rates_parse_and_bad_ones_are_refused() -> None:
+    assert parse_rate("10/s") == Rate(10, 1.0)
+    assert parse_rate(" 600 / m") == Rate(600, 60.0)
+    assert parse_rate("1000/h") == Rate(1000, 3600.0)
+    assert str(parse_rate("20/s")) == "20/s"
+    for bad in ("10", "0/s", "ten/s", "5/d", ""):
+        with pytest.raises(ValueError, match="'10/s'"):
+            parse_rate(bad)
+    with pytest.raises(ImproperlyConfigured, match="rate_limit"):
+        subscriber(LonelyHappened.topic, group="x", rate_limit="fast")
+    with pytest.raises(ImproperlyConfigured, match="max_concurrency"):
+        subscriber(LonelyHappened.topic, group="x", max_concurrency=0)
+
+
+def test_group_limits_come_from_the_subscribers_and_must_agree() -> None:
+    limits = group_limits()
+    assert limits["limited"].max_concurrency == 2 and limits["rated"].rate_limit == Rate(20, 1)
+    assert "paced-slow" not in limits
+
+    def other(event: LonelyHappened) -> None: ...
+
+    subscriber(LonelyHappened.topic, group="limited", max_concurrency=5)(other)
+    try:
+        errors = [e for e in check_topics() if e.id == "integration_events.E013"]
+        assert len(errors) == 1 and "'limited'" in errors[0].msg
+    finally:
+        unregister(LonelyHappened.topic, "limited")
+
+
+def backlog(slow: int, fast: int) -> None:
+    publish_many([Paced(n=n) for n in range(slow)])
+    publish_many([PacedFast(n=n) for n in range(fast)])
+    Worker(keep_leases=False).dispatch_batch(limit=slow + fast)
+
+
+def test_a_backlog_is_shared_by_time_and_fast_groups_go_first() -> None:
+    backlog(slow=150, fast=5)
+    strategy = FairShare(clock=Clock())
+    strategy.cost = {"paced-slow": 0.2, "paced-fast": 0.001}
+    with override_settings(INTEGRATION_EVENTS={"EXECUTE_BATCH_SECONDS": 1.0}):
+        taken = claim(ReceivedMessage, "default", 100, "test", strategy, count_attempt=False)
+    groups = [r.group for r in taken]
+    # 1 s of work each: 5 slow rows (0.2 s each) and all 5 fast ones, the fast group first;
+    # with oldest first, 100 slow rows would have been taken and no fast one.
+    assert groups == ["paced-fast"] * 5 + ["paced-slow"] * 5
+
+
+def test_without_a_backlog_everything_due_is_taken() -> None:
+    backlog(slow=30, fast=5)
+    strategy = FairShare(clock=Clock())
+    strategy.cost = {"paced-slow": 0.2, "paced-fast": 0.001}
+    taken = claim(ReceivedMessage, "default", 100, "test", strategy, count_attempt=False)
+    assert len(taken) == 35 and taken.rows[0].group == "paced-fast"
+
+
+def test_a_group_that_used_its_time_in_a_pass_gives_the_rest_back() -> None:
+    clock = Clock()
+    strategy = FairShare(clock=clock)
+    backlog(slow=4, fast=0)
+    worker = Worker(keep_leases=False, strategy=strategy, clock=clock)
+
+    original = strategy.observe
+
+    def slow_handler_time(group: str, seconds: float) -> None:
+        original(group, 0.6)  # each run "takes" 0.6 s
+
+    strategy.observe = slow_handler_time  # type: ignore[method-assign]
+    with override_settings(INTEGRATION_EVENTS={"EXECUTE_BATCH_SECONDS": 1.0,
+                                               "EXECUTE_BATCH_SIZE": 1}):
+        stats = worker.execute_batch()
+    # Two runs (1.2 s) use up the group's second; the other two go back unstarted.
+    assert stats.succeeded == 2 and Run.objects.count() == 2
+    back = ReceivedMessage.objects.exclude(status=MessageStatus.SUCCEEDED)
+    assert set(back.values_list("status", "attempts")) == {(MessageStatus.RETRYING, 0)}
+
+
+def test_a_pause_is_seen_by_claims_and_rechecked_before_each_unit() -> None:
+    clock = Clock()
+    strategy = FairShare(clock=clock)
+    publish_many([Pausable(n=n) for n in range(3)])
+    worker = Worker(keep_leases=False, strategy=strategy, clock=clock)
+    worker.dispatch_batch()
+    taken = claim(ReceivedMessage, "default", 10, "test", strategy, count_attempt=False)
+    assert len(taken) == 3
+    assert operations.pause_group("pausable") is True
+    assert operations.pause_group("pausable") is False, "paused already"
+    with override_settings(INTEGRATION_EVENTS={"POLL_INTERVAL": 0.5}):
+        # Within a poll interval of the claim, the claim's own view holds...
+        with strategy.admit(taken, taken.rows[:1]) as rows:
+            assert rows == taken.rows[:1]
+        clock.now += 0.5
+        # ...after it, the pause is read again and nothing more starts.
+        with strategy.admit(taken, taken.rows[1:]) as rows:
+            assert rows == []
+    taken.hand_back_unstarted()
+    # Claims skip a paused group; its backlog stays.
+    assert worker.execute_batch().total == 0
+    assert ReceivedMessage.objects.filter(group="pausable").exclude(
+        status=MessageStatus.SUCCEEDED).count() == 3
+    assert operations.resume_group("pausable") is True
+    assert operations.resume_group("pausable") is False
+    assert worker.run_until_idle().succeeded == 3
+
+
+def test_concurrency_slots_are_taken_released_and_expire() -> None:
+    a = acquire_slot("default", "limited", 2, "holder-a")
+    b = acquire_slot("default", "limited", 2, "holder-b")
+    assert a is not None and b is not None and a != b
+    assert acquire_slot("default", "limited", 2, "holder-c") is None, "both slots held"
+    release_slot("default", a, "holder-x")  # not the holder: nothing happens
+    assert acquire_slot("default", "limited", 2, "holder-c") is None
+    release_slot("default", a, "holder-a")
+    c = acquire_slot("default", "limited", 2, "holder-c")
+    assert c == a
+    # A holder that died: its lease expires and the slot is free again.
+    GroupSlot.objects.filter(pk=b).update(lease_until=Now() - timedelta(seconds=1))
+    assert acquire_slot("default", "limited", 2, "holder-d") == b
+    assert GroupSlot.objects.filter(group="limited").count() == 2
+
+
+def test_rows_of_a_group_at_its_concurrency_limit_are_not_claimed() -> None:
+    from tests.eventapp.events import Limited
+
+    publish_many([Limited(n=n) for n in range(3)])
+    worker = Worker(keep_leases=False, strategy=FairShare())
+    worker.dispatch_batch()
+    held = [acquire_slot("default", "limited", 2, f"other-{i}") for i in range(2)]
+    assert worker.execute_batch().total == 0
+    release_slot("default", held[0], "other-0")
+    stats = worker.execute_batch()
+    assert stats.succeeded == 3 and Run.objects.filter(group="limited").count() == 3
+    assert GroupSlot.objects.filter(holder="").count() == 1, "the unit's slot was released"
+
+
+def test_rate_grants_hold_the_window() -> None:
+    rate = Rate(3, 60.0)
+    assert [grant("default", "rated", rate, max_wait=0) for _ in range(4)] == [
+        True, True, True, False]
+    assert RateGrant.objects.filter(group="rated").count() == 3
+    # The oldest grant leaves the window: one more start.
+    oldest = RateGrant.objects.filter(group="rated").order_by("granted_at").first()
+    RateGrant.objects.filter(pk=oldest.pk).update(granted_at=Now() - timedelta(seconds=61))
+    assert grant("default", "rated", rate, max_wait=0) is True
+
+
+def test_the_group_command(capsys) -> None:
+    out = StringIO()
+    call_command("integration_events_group", "pause", "pausable", stdout=out)
+    assert "group pausable paused" in out.getvalue()
+    assert GroupState.objects.get(group="pausable").paused
+    out = StringIO()
+    publish(Pausable(n=1))
+    Worker(keep_leases=False).dispatch_batch()
+    call_command("integration_events_group", "status", stdout=out)
+    assert "pausable: 1 waiting (paused)" in out.getvalue()
+    assert "limited: 0 waiting (max_concurrency=2)" in out.getvalue()
+    call_command("integration_events_group", "resume", "pausable", stdout=out)
+    assert not GroupState.objects.get(group="pausable").paused
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="no group 'nope' here"):
+        call_command("integration_events_group", "pause", "nope")
+
+
+def test_an_idle_task_does_not_spin_on_a_paused_groups_backlog() -> None:
+    """The paused group's rows are due but cannot be claimed: the task must linger and end,
+    not poll every 20 ms for its whole budget (next_due_in leaves held-back groups out)."""
+    from tests.test_seams import FakeClock
+
+    publish_many([Pausable(n=n) for n in range(3)])
+    Worker(keep_leases=False).dispatch_batch()
+    operations.pause_group("pausable")
+    clock = FakeClock()
+    waits: list[float] = []
+
+    class AdvancingWaiter:
+        def wait(self, alias: str, seconds: float) -> None:
+            waits.append(seconds)
+            clock.now += seconds
+
+    with override_settings(INTEGRATION_EVENTS={"IDLE_LINGER": 1.0, "POLL_INTERVAL": 0.25}):
+        worker = Worker(keep_leases=False, waiter=AdvancingWaiter(), clock=clock)
+        assert worker.next_due_in() is None, "nothing claimable is waiting"
+        worker.run(budget=60)
+    assert waits == [0.25] * 4
+
+
+def test_a_backing_off_group_is_due_when_its_backoff_ends() -> None:
+    publish(Pausable(n=1))
+    Worker(keep_leases=False).dispatch_batch()
+    GroupState.objects.create(group="pausable", backoff_until=Now() + timedelta(seconds=30))
+    due = Worker(keep_leases=False).next_due_in()
+    assert due is not None and 25 < due <= 30
