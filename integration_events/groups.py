@@ -1,17 +1,20 @@
 """Group-wide state shared by every cluster (GroupState): backing off a group whose outside
-system is down, so that its rows wait without spending attempts."""
+system is down, so that its rows wait without spending attempts; and what the admin shows of
+each group (state, limits, backlog)."""
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
 from .conf import get_settings
-from .models import GroupState, after
+from .models import ACTIVE_STATUSES, GroupState, ReceivedMessage, after
+from .registry import all_subscriptions, group_limits
 
 logger = logging.getLogger("integration_events")
 
@@ -32,3 +35,48 @@ def hold_back(using: str, group: str, retry_after: float, reason: str) -> float:
             updated_at=Now())
     logger.warning("group backing off group=%s wait=%.1f reason=%r", group, wait, reason[:200])
     return wait
+
+
+@dataclass
+class GroupInfo:
+    """One subscriber group as the admin's Subscribers page shows it."""
+
+    group: str
+    registered: bool
+    paused: bool = False
+    paused_at: datetime | None = None
+    backoff_until: datetime | None = None
+    reason: str = ""
+    max_concurrency: int | None = None
+    rate_limit: str = ""
+    waiting: int = 0
+    waiting_more: bool = False  # more than WAITING_LIMIT (not counted further)
+
+
+WAITING_LIMIT = 10_000
+
+
+def group_infos(using: str = "default") -> list[GroupInfo]:
+    """Every registered group and every group with a GroupState row: its state, limits and
+    backlog (counted up to WAITING_LIMIT rows, an index range per group)."""
+    registered = {sub.group for sub in all_subscriptions()}
+    states = {s.group: s for s in GroupState.objects.using(using)}
+    limits = group_limits()
+    now = timezone.now()
+    infos = []
+    for group in sorted(registered | set(states)):
+        info = GroupInfo(group=group, registered=group in registered)
+        state = states.get(group)
+        if state is not None:
+            info.paused, info.paused_at, info.reason = state.paused, state.paused_at, state.reason
+            if state.backoff_until and state.backoff_until > now:
+                info.backoff_until = state.backoff_until
+        limit = limits.get(group)
+        if limit is not None:
+            info.max_concurrency = limit.max_concurrency
+            info.rate_limit = str(limit.rate_limit) if limit.rate_limit else ""
+        waiting = ReceivedMessage.objects.using(using).filter(
+            group=group, status__in=ACTIVE_STATUSES).order_by()[: WAITING_LIMIT + 1].count()
+        info.waiting, info.waiting_more = min(waiting, WAITING_LIMIT), waiting > WAITING_LIMIT
+        infos.append(info)
+    return infos

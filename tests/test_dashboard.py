@@ -403,3 +403,56 @@ def test_the_overview_works_with_its_cache_down(admin_client_: Client, settings:
         response = admin_client_.get(reverse(page))
         assert response.status_code == 200, page
     assert json.loads(admin_client_.get(reverse(LIVE)).content)["published"]["pending"] == 1
+
+
+# --- groups: state, limits, pause and resume ------------------------------------------------
+
+
+GROUP_ACTION = "admin:integration_events_group_action"
+
+
+def test_subscribers_page_shows_group_states_and_limits(admin_client_: Client) -> None:
+    from integration_events.models import GroupState
+
+    GroupState.objects.create(group="probe-a", paused=True, paused_at=timezone.now())
+    GroupState.objects.create(group="probe-b", backoff_until=timezone.now() + timedelta(
+        minutes=5), reason="GroupUnavailable: broker refused")
+    publish(ProbeHappened(n=1))
+    body = text_of(admin_client_.get(reverse(SUBSCRIBERS)))
+    groups = body.split('id="ie-group-states"', 1)[1].split("</table>", 1)[0]
+    row = {g: re.search(rf'data-group="{g}">(.*?)</tr>', groups, re.S).group(1)
+           for g in ("probe-a", "probe-b", "limited", "rated")}
+    assert "paused" in row["probe-a"] and "Resume" in row["probe-a"]
+    assert "backing off" in row["probe-b"] and "broker refused" in row["probe-b"]
+    assert "at most 2 at once" in row["limited"] and "at most 20/s" in row["rated"]
+
+
+def test_an_operator_pauses_and_resumes_a_group_from_the_subscribers_page(
+        admin_client_: Client) -> None:
+    from integration_events.models import GroupState
+
+    response = admin_client_.post(reverse(GROUP_ACTION), {"group": "probe-a",
+                                                          "action": "pause"})
+    assert response.status_code == 302
+    assert GroupState.objects.get(group="probe-a").paused
+    body = text_of(admin_client_.get(response["Location"]))
+    assert "Group probe-a paused" in body
+    admin_client_.post(reverse(GROUP_ACTION), {"group": "probe-a", "action": "resume"})
+    assert not GroupState.objects.get(group="probe-a").paused
+    response = admin_client_.post(reverse(GROUP_ACTION), {"group": "nope", "action": "pause"})
+    assert not GroupState.objects.filter(group="nope").exists()
+    assert admin_client_.get(reverse(GROUP_ACTION)).status_code == 405
+
+
+def test_pausing_a_group_needs_change_on_received_messages() -> None:
+    from integration_events.models import GroupState
+
+    viewer = make_user("viewer-only", perms=VIEW)
+    assert viewer.post(reverse(GROUP_ACTION), {"group": "probe-a", "action": "pause"}
+                       ).status_code == 403
+    assert 'name="action"' not in text_of(viewer.get(reverse(SUBSCRIBERS)))
+    assert not GroupState.objects.filter(group="probe-a", paused=True).exists()
+    operator = make_user("operator-x", perms=VIEW + ("change_receivedmessage",))
+    assert operator.post(reverse(GROUP_ACTION), {"group": "probe-a", "action": "pause"}
+                         ).status_code == 302
+    assert GroupState.objects.get(group="probe-a").paused

@@ -10,15 +10,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+    JsonResponse,
+)
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 
-from .. import dashboard
+from .. import dashboard, operations
 from ..conf import get_settings
+from ..groups import group_infos
 from ..models import Dashboard, MessageStatus, PublishedMessage, ReceivedMessage, WorkerNode
 from ..nodes import alive_within
 from . import display, permissions
@@ -59,6 +66,8 @@ class DashboardAdmin(admin.ModelAdmin):
             path("live.json", wrap(self.live_view), name="integration_events_live"),
             path("subscribers/", wrap(self.subscribers_view),
                  name="integration_events_subscribers"),
+            path("subscribers/group/", wrap(self.group_action_view),
+                 name="integration_events_group_action"),
             path("nodes/", wrap(self.nodes_view), name="integration_events_nodes"),
             *super().get_urls(),
         ]
@@ -144,8 +153,36 @@ class DashboardAdmin(admin.ModelAdmin):
             topics=topics,
             orphaned=[t for t in topics if t.orphaned],
             undeclared=[t for t in topics if t.undeclared],
+            groups=group_infos(self._using(request)),
+            may_pause=permissions.may_rerun_receipts(request, self.admin_site),
+            group_action_url=reverse("admin:integration_events_group_action",
+                                     current_app=self.admin_site.name),
         )
         return TemplateResponse(request, "integration_events/admin/subscribers.html", context)
+
+    def group_action_view(self, request: HttpRequest) -> HttpResponse:
+        """POST pause/resume GROUP (change permission on received messages: pausing stops
+        their handlers)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not (self.has_view_permission(request)
+                and permissions.may_rerun_receipts(request, self.admin_site)):
+            raise PermissionDenied
+        group, action = request.POST.get("group", ""), request.POST.get("action", "")
+        known = {info.group for info in group_infos(self._using(request))}
+        if group not in known or action not in ("pause", "resume"):
+            self.message_user(request, "No such group or action.", messages.ERROR)
+        elif action == "pause":
+            changed = operations.pause_group(group, using=self._using(request))
+            self.message_user(request, f"Group {group} paused: no handler of it starts until "
+                              "it is resumed; running ones finish." if changed
+                              else f"Group {group} was paused already.", messages.SUCCESS)
+        else:
+            changed = operations.resume_group(group, using=self._using(request))
+            self.message_user(request, f"Group {group} resumed." if changed
+                              else f"Group {group} was not paused.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:integration_events_subscribers",
+                                            current_app=self.admin_site.name) + "#ie-groups")
 
     def nodes_view(self, request: HttpRequest) -> HttpResponse:
         context = self._context(request, "Integration events: nodes", "nodes")
