@@ -96,7 +96,8 @@ def task_finished() -> None:
     try:
         get_hooks().task_finished()
     except Exception:
-        logger.warning("instrumentation hook failed hook=task_finished", exc_info=True)
+        logger.warning("instrumentation hook failed hook=task_finished", exc_info=True,
+                       extra={"hook": "task_finished"})
 
 
 def process_started(**kwargs: Any) -> None:
@@ -105,7 +106,8 @@ def process_started(**kwargs: Any) -> None:
     try:
         get_hooks().process_started()
     except Exception:
-        logger.warning("instrumentation hook failed hook=process_started", exc_info=True)
+        logger.warning("instrumentation hook failed hook=process_started", exc_info=True,
+                       extra={"hook": "process_started"})
 
 
 def install_schedule(using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
