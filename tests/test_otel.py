@@ -7,15 +7,12 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from django.db.models import Count, Sum
 from django.test import override_settings
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -32,37 +29,14 @@ from integration_events.otel import (
     OpenTelemetry,
 )
 from integration_events.testing import deliver_pending, make_due
+from tests.conftest import wait_for
 from tests.eventapp.events import ChainLinked, ProbeHappened
+from tests.otel_support import Telemetry, read_spans
 
 pytestmark = pytest.mark.django_db
 
 # What INTEGRATION_EVENTS["INSTRUMENTATION"] names in these tests (set by the fixture).
 TELEMETRY: OpenTelemetry | None = None
-
-
-class Telemetry:
-    def __init__(self) -> None:
-        self.spans = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
-        self.instrument = OpenTelemetry(self.tracer_provider, self.meter_provider)
-        self.tracer = self.tracer_provider.get_tracer("tests")
-
-    def finished(self, name_prefix: str = "") -> list[Any]:
-        return [s for s in self.spans.get_finished_spans() if s.name.startswith(name_prefix)]
-
-    def points(self, name: str) -> list[Any]:
-        data = self.reader.get_metrics_data()
-        return [point for rm in data.resource_metrics for sm in rm.scope_metrics
-                for metric in sm.metrics if metric.name == name
-                for point in metric.data.data_points]
-
-    def sums(self, name: str) -> dict[tuple[str, str], int]:
-        return {(p.attributes["messaging.destination.name"],
-                 p.attributes.get("messaging.consumer.group.name", "")): p.value
-                for p in self.points(name)}
 
 
 @pytest.fixture
@@ -264,3 +238,37 @@ def test_without_the_api_the_error_says_what_to_install() -> None:
                          check=True, timeout=60).stdout
     assert out.startswith("ImproperlyConfigured ")
     assert "django-integration-events[otel]" in out
+
+
+@pytest.mark.cluster
+@pytest.mark.django_db(transaction=True)
+def test_a_real_cluster_exports_the_attempts_into_the_publishing_trace(
+        otel: Telemetry, cluster, tmp_path) -> None:
+    """Spans from the worker processes (set up there by configure() after the fork, written
+    only by the end-of-task flush) join the trace of the request that published."""
+    import os
+
+    with otel.tracer.start_as_current_span("POST /equipment/") as request:
+        message = publish(ProbeHappened(n=1, behaviour="fail:1", only_group="probe-a"))
+    [create] = otel.finished("create ")
+    c = cluster(DJANGO_SETTINGS_MODULE="tests.otel_settings", IE_OTEL_SPANS_DIR=str(tmp_path))
+    wait_for(lambda: ReceivedMessage.objects.filter(status=MessageStatus.SUCCEEDED).count()
+             == 2, 60, "the deliveries and the retry", c.log)
+    wait_for(lambda: len(read_spans(tmp_path)) >= 3, 60, "the flushed spans", c.log)
+    spans = sorted(read_spans(tmp_path), key=lambda s: (
+        s["attributes"]["messaging.consumer.group.name"], s["attributes"][ATTEMPT]))
+    assert [(s["attributes"]["messaging.consumer.group.name"], s["attributes"][ATTEMPT],
+             s["status"]) for s in spans] == [
+        ("probe-a", 1, "ERROR"), ("probe-a", 2, "UNSET"), ("probe-b", 1, "UNSET")]
+    trace_id = f"{request.get_span_context().trace_id:032x}"
+    create_id = f"{create.context.span_id:016x}"
+    for span in spans:
+        assert span["pid"] != os.getpid(), "exported by a worker process"
+        assert span["name"] == f"process {ProbeHappened.topic}" and span["kind"] == "CONSUMER"
+        assert span["trace_id"] == trace_id
+        assert span["parent_id"] == create_id and span["links"] == [create_id]
+        assert span["attributes"]["messaging.message.id"] == str(message.pk)
+        assert span["attributes"]["messaging.destination.name"] == ProbeHappened.topic
+        assert span["attributes"]["messaging.system"] == "integration_events"
+    assert spans[0]["events"] == ["exception"]
+    assert spans[0]["attributes"]["error.type"] == "RuntimeError"
