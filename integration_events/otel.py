@@ -35,6 +35,7 @@ import time
 from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import partial
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -66,6 +67,14 @@ SYSTEM = "integration_events"
 ATTEMPT = f"messaging.{SYSTEM}.attempt"
 HANDLER = f"messaging.{SYSTEM}.handler"
 FLUSH_TIMEOUT_MILLIS = 5_000
+# Seconds. The conventions' boundaries for messaging durations; the SDK's default ones are
+# meant for milliseconds. The latency also needs minutes (a delayed hand-off, a backlog).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                    7.5, 10.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   300.0, 900.0, 3600.0)
+# Without an SDK, how often to look whether one has been set up since.
+RECHECK_SECONDS = 1.0
 
 PUBLISHED = "integration_events.messages.published"
 DELIVERED = "integration_events.messages.delivered"
@@ -76,6 +85,10 @@ PUBLISH_TO_START = "integration_events.publish_to_start.duration"
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _NOT_RECORDING = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+# The API's stand-in until an SDK sets a meter provider is private, hence getattr.
+_NOT_METERING: tuple[type, ...] = tuple(
+    t for t in (getattr(import_module("opentelemetry.metrics._internal"), "_ProxyMeterProvider",
+                        None), metrics.NoOpMeterProvider) if isinstance(t, type))
 
 
 def _version() -> str:
@@ -99,25 +112,35 @@ class OpenTelemetry(Instrumentation):
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
         self._pid: int | None = None
+        # Once an SDK provider is in place it stays (the API sets a global one only once);
+        # until then the global ones are looked at again at most once per RECHECK_SECONDS.
+        self._tracing = False
+        self._metering = False
+        self._checked = float("-inf")
         version = _version()
         self.tracer = trace.get_tracer(__name__, version, tracer_provider,
                                        schema_url=SCHEMA_URL)
         meter = metrics.get_meter(__name__, version, meter_provider, schema_url=SCHEMA_URL)
-        unit = "{message}"
-        self.published = meter.create_counter(
-            PUBLISHED, unit, "Messages stored in the outbox (counted at commit)")
-        self.delivered = meter.create_counter(
-            DELIVERED, unit, "Handler runs whose inbox row committed as succeeded")
-        self.retried = meter.create_counter(
-            RETRIED, unit, "Failed attempts that will be tried again")
-        self.dead_lettered = meter.create_counter(
-            DEAD_LETTERED, unit, "Messages that failed for the last time (dead letters)")
+        # The counters are counted here and observed by the SDK when it collects
+        # (asynchronous counters): a dict increment per message instead of the SDK's
+        # synchronous path, which costs about ten microseconds a call.
+        self._counts: dict[str, dict[tuple[str, str], int]] = {
+            name: {} for name in (PUBLISHED, DELIVERED, RETRIED, DEAD_LETTERED)}
+        for name, description in (
+                (PUBLISHED, "Messages stored in the outbox (counted at commit)"),
+                (DELIVERED, "Handler runs whose inbox row committed as succeeded"),
+                (RETRIED, "Failed attempts that will be tried again"),
+                (DEAD_LETTERED, "Messages that failed for the last time (dead letters)")):
+            meter.create_observable_counter(name, [partial(self._observe, name)],
+                                            "{message}", description)
         self.duration = meter.create_histogram(
-            PROCESS_DURATION, "s", "Duration of one handler run (one attempt)")
+            PROCESS_DURATION, "s", "Duration of one handler run (one attempt)",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
         self.latency = meter.create_histogram(
             PUBLISH_TO_START, "s",
             "From the message's created_at (on PostgreSQL: its publishing transaction's "
-            "start) to the start of its first attempt")
+            "start) to the start of its first attempt",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS)
         self._attrs: dict[tuple[str, str], dict[str, str]] = {}
 
     # --- per process ------------------------------------------------------------------------
@@ -130,8 +153,13 @@ class OpenTelemetry(Instrumentation):
     def _ensure_configured(self) -> None:
         pid = os.getpid()
         if self._pid != pid:
+            if self._pid is not None:
+                # A forked child: what the parent counted is the parent's to report.
+                for counts in self._counts.values():
+                    counts.clear()
             self._pid = pid
             self.configure()
+            self._checked = float("-inf")  # configure() may have set the SDK up: look again
 
     def process_started(self) -> None:
         self._ensure_configured()
@@ -153,14 +181,45 @@ class OpenTelemetry(Instrumentation):
     def tracing(self) -> bool:
         """True if spans are recorded (an SDK is set up); without one the span work is
         skipped altogether."""
-        return not isinstance(self.tracer_provider(), _NOT_RECORDING)
+        if not self._tracing:
+            self._look_for_sdk()
+        return self._tracing
+
+    def metering(self) -> bool:
+        """True if an SDK meter provider is set up; without one no measurement is taken."""
+        if not self._metering:
+            self._look_for_sdk()
+        return self._metering
+
+    def _look_for_sdk(self) -> None:
+        # Asking the API for the global providers costs about a microsecond each; without
+        # an SDK that would be most of this instrumentation's cost per delivery.
+        now = time.monotonic()
+        if now - self._checked < RECHECK_SECONDS:
+            return
+        self._checked = now
+        self._tracing = not isinstance(self.tracer_provider(), _NOT_RECORDING)
+        self._metering = not isinstance(self.meter_provider(), _NOT_METERING)
+
+    def count(self, name: str, topic: str, group: str = "") -> None:
+        """Add one to the counter ``name`` for (topic, group)."""
+        counts = self._counts[name]
+        key = (topic, group)
+        counts[key] = counts.get(key, 0) + 1
+
+    def _observe(self, name: str, options: Any) -> list[Any]:
+        # list() copies under the GIL: a delivery thread may add a key meanwhile.
+        return [metrics.Observation(n, self.attributes(topic, group))
+                for (topic, group), n in list(self._counts[name].items())]
 
     def attributes(self, topic: str, group: str = "") -> dict[str, str]:
-        """The metric attributes of a topic (and group), built once."""
+        """The metric attributes of a topic (and group), built once. (``messaging.system``
+        is left out: it is the same on every point, and each attribute costs on every
+        measurement.)"""
         key = (topic, group)
         attrs = self._attrs.get(key)
         if attrs is None:
-            attrs = {"messaging.system": SYSTEM, "messaging.destination.name": topic}
+            attrs = {"messaging.destination.name": topic}
             if group:
                 attrs["messaging.consumer.group.name"] = group
             self._attrs[key] = attrs
@@ -170,21 +229,41 @@ class OpenTelemetry(Instrumentation):
 
     def publish(self, message: PublishedMessage, event: Any) -> AbstractContextManager[None]:
         self._ensure_configured()
-        return _CreateSpan(self, message)
+        tracing, metering = self.tracing(), self.metering()
+        if not (tracing or metering):
+            return _NOTHING
+        return _CreateSpan(self, message, tracing, metering)
 
     def attempt(self, delivery: Delivery) -> AbstractContextManager[None]:
         self._ensure_configured()
-        return _ProcessSpan(self, delivery)
+        tracing, metering = self.tracing(), self.metering()
+        if not (tracing or metering):
+            return _NOTHING
+        return _ProcessSpan(self, delivery, tracing, metering)
 
     def outcome(self, row: MessageBase, outcome: Outcome, error: BaseException | None) -> None:
         counter = _COUNTERS.get(outcome)
-        if counter is not None:
-            getattr(self, counter).add(
-                1, self.attributes(getattr(row, "topic", ""), getattr(row, "group", "")))
+        if counter is not None and self.metering():
+            self.count(counter, getattr(row, "topic", ""), getattr(row, "group", ""))
 
 
-_COUNTERS = {Outcome.SUCCEEDED: "delivered", Outcome.RETRIED: "retried",
-             Outcome.FAILED: "dead_lettered"}
+_COUNTERS = {Outcome.SUCCEEDED: DELIVERED, Outcome.RETRIED: RETRIED,
+             Outcome.FAILED: DEAD_LETTERED}
+
+
+class _Nothing:
+    """The context when neither spans nor metrics are recorded (no SDK): no work at all."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+_NOTHING = _Nothing()
 
 
 def _record_error(span: Any, error: BaseException) -> None:
@@ -196,16 +275,19 @@ def _record_error(span: Any, error: BaseException) -> None:
 class _CreateSpan:
     """The create span around one outbox INSERT; its context goes into the headers."""
 
-    __slots__ = ("owner", "message", "span")
+    __slots__ = ("owner", "message", "span", "tracing", "metering")
 
-    def __init__(self, owner: OpenTelemetry, message: PublishedMessage) -> None:
+    def __init__(self, owner: OpenTelemetry, message: PublishedMessage, tracing: bool,
+                 metering: bool) -> None:
         self.owner = owner
         self.message = message
         self.span: Any = None
+        self.tracing = tracing
+        self.metering = metering
 
     def __enter__(self) -> None:
         owner, message = self.owner, self.message
-        if not owner.tracing() or _has_own_creation_context(message.headers):
+        if not self.tracing or _has_own_creation_context(message.headers):
             return
         topic = message.topic
         # Not made current: publish_many enters one of these per message, and they are
@@ -227,11 +309,10 @@ class _CreateSpan:
             if error is not None:
                 _record_error(self.span, error)
             self.span.end()
-        if error is None:
+        if error is None and self.metering:
             owner, message = self.owner, self.message
-            transaction.on_commit(
-                partial(owner.published.add, 1, owner.attributes(message.topic)),
-                using=message._state.db or DEFAULT_DB_ALIAS, robust=True)
+            transaction.on_commit(partial(owner.count, PUBLISHED, message.topic),
+                                  using=message._state.db or DEFAULT_DB_ALIAS, robust=True)
 
 
 def _has_own_creation_context(headers: dict[str, Any]) -> bool:
@@ -248,37 +329,36 @@ def _has_own_creation_context(headers: dict[str, Any]) -> bool:
 class _ProcessSpan:
     """The process span and the duration of one handler attempt."""
 
-    __slots__ = ("owner", "delivery", "span", "token", "started")
+    __slots__ = ("owner", "delivery", "span", "token", "started", "tracing", "metering")
 
-    def __init__(self, owner: OpenTelemetry, delivery: Delivery) -> None:
+    def __init__(self, owner: OpenTelemetry, delivery: Delivery, tracing: bool,
+                 metering: bool) -> None:
         self.owner = owner
         self.delivery = delivery
         self.span: Any = None
         self.token: Any = None
         self.started = 0.0
+        self.tracing = tracing
+        self.metering = metering
 
     def __enter__(self) -> None:
         owner, delivery = self.owner, self.delivery
         ctx = delivery.context
-        if ctx.attempt == 1:
+        if self.metering and ctx.attempt == 1:
             created = delivery.message.created_at
             if isinstance(created, datetime):
                 owner.latency.record(max(0.0, time.time() - created.timestamp()),
                                      owner.attributes(ctx.topic, ctx.group))
-        if owner.tracing():
-            creation = _PROPAGATOR.extract(ctx.headers)
-            linked = trace.get_current_span(creation).get_span_context()
-            valid = linked.is_valid
+        if self.tracing:
+            creation, linked = _creation_context(delivery)
             self.span = owner.tracer.start_span(
-                f"process {ctx.topic}", context=creation if valid else None,
-                kind=SpanKind.CONSUMER, links=[Link(linked)] if valid else None, attributes={
+                f"process {ctx.topic}", context=creation, kind=SpanKind.CONSUMER,
+                links=linked, attributes={
                     "messaging.system": SYSTEM, "messaging.operation.type": "process",
                     "messaging.operation.name": "process",
                     "messaging.destination.name": ctx.topic,
                     "messaging.consumer.group.name": ctx.group,
-                    "messaging.message.id": str(ctx.message_id),
-                    "messaging.message.conversation_id": str(ctx.correlation_id),
-                    ATTEMPT: ctx.attempt, HANDLER: delivery.row.handler,
+                    "messaging.message.id": str(ctx.message_id), ATTEMPT: ctx.attempt,
                 })
             # Current while the handler runs: its database calls, HTTP calls and the create
             # spans of what it publishes are the process span's children.
@@ -287,13 +367,32 @@ class _ProcessSpan:
 
     def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
         elapsed = time.perf_counter() - self.started
-        owner, ctx = self.owner, self.delivery.context
-        attrs = owner.attributes(ctx.topic, ctx.group)
-        if error is not None:
-            attrs = {**attrs, "error.type": type(error).__qualname__}
-        owner.duration.record(elapsed, attrs)
+        if self.metering:
+            owner, ctx = self.owner, self.delivery.context
+            attrs = owner.attributes(ctx.topic, ctx.group)
+            if error is not None:
+                attrs = {**attrs, "error.type": type(error).__qualname__}
+            owner.duration.record(elapsed, attrs)
         if self.span is not None:
             if error is not None:
                 _record_error(self.span, error)
             otel_context.detach(self.token)
             self.span.end()
+
+
+# The creation context read from a message's headers, kept on the message object for the
+# other groups' deliveries of the same message in the same claim (they share the object).
+_CREATION = "_integration_events_creation_context"
+
+
+def _creation_context(delivery: Delivery) -> tuple[Any, list[Any] | None]:
+    """(parent context, links) of a process span: the message's creation context as both,
+    or (None, None) for a message that has none (a new trace)."""
+    message = delivery.message
+    cached = message.__dict__.get(_CREATION)
+    if cached is None:
+        creation = _PROPAGATOR.extract(delivery.context.headers)
+        linked = trace.get_current_span(creation).get_span_context()
+        cached = (creation, [Link(linked)]) if linked.is_valid else (None, None)
+        message.__dict__[_CREATION] = cached
+    return cached
