@@ -280,3 +280,23 @@ def test_histograms_use_second_buckets(otel: Telemetry) -> None:
     [point, *_] = otel.points(PROCESS_DURATION)
     assert tuple(point.explicit_bounds) == DURATION_BUCKETS
     assert sum(point.bucket_counts[:8]) == point.count, "a probe handler takes well under 0.5 s"
+
+
+def test_docs_list_every_instrument(otel: Telemetry, django_capture_on_commit_callbacks) -> None:
+    import re
+
+    from django.conf import settings
+
+    with django_capture_on_commit_callbacks(execute=True):
+        publish(ProbeHappened(n=1, behaviour="fail", only_group="probe-a"))
+    for _ in range(3):
+        deliver_pending()
+        make_due()
+    text = (settings.BASE_DIR / "docs" / "observability.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z_]+\.[a-z_.]+)` \| (?:counter|histogram) \|", text,
+                                re.M))
+    data = otel.reader.get_metrics_data()
+    names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics
+             for m in sm.metrics}
+    assert names == documented == {PUBLISHED, DELIVERED, RETRIED, DEAD_LETTERED,
+                                   PROCESS_DURATION, PUBLISH_TO_START}

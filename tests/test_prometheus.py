@@ -154,3 +154,17 @@ def test_without_prometheus_client_the_error_says_what_to_install() -> None:
                          check=True, timeout=60).stdout
     assert out.startswith("ImproperlyConfigured ")
     assert "django-integration-events[prometheus]" in out
+
+
+def test_docs_list_every_metric_of_the_exposition() -> None:
+    import re
+
+    from django.conf import settings
+
+    workload()
+    text = (settings.BASE_DIR / "docs" / "observability.md").read_text()
+    documented = set(re.findall(r"^\| `(integration_events_\w+)` \| (?:gauge|counter) \|",
+                                text, re.M))
+    families = {f.name + ("_total" if f.type == "counter" else "")
+                for f in text_string_to_metric_families(prometheus.exposition().decode())}
+    assert families == documented
