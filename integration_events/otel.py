@@ -31,6 +31,7 @@ of its first attempt. It is *publish* to start, not commit to start: on PostgreS
 from __future__ import annotations
 
 import os
+import threading
 import time
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -142,6 +143,7 @@ class OpenTelemetry(Instrumentation):
             "start) to the start of its first attempt",
             explicit_bucket_boundaries_advisory=LATENCY_BUCKETS)
         self._attrs: dict[tuple[str, str], dict[str, str]] = {}
+        self._lock = threading.Lock()
 
     # --- per process ------------------------------------------------------------------------
 
@@ -154,7 +156,9 @@ class OpenTelemetry(Instrumentation):
         pid = os.getpid()
         if self._pid != pid:
             if self._pid is not None:
-                # A forked child: what the parent counted is the parent's to report.
+                # A forked child: what the parent counted is the parent's to report, and a
+                # lock held by one of the parent's threads at the fork would stay held.
+                self._lock = threading.Lock()
                 for counts in self._counts.values():
                     counts.clear()
             self._pid = pid
@@ -205,12 +209,14 @@ class OpenTelemetry(Instrumentation):
         """Add one to the counter ``name`` for (topic, group)."""
         counts = self._counts[name]
         key = (topic, group)
-        counts[key] = counts.get(key, 0) + 1
+        with self._lock:  # a web process publishes from several threads
+            counts[key] = counts.get(key, 0) + 1
 
     def _observe(self, name: str, options: Any) -> list[Any]:
-        # list() copies under the GIL: a delivery thread may add a key meanwhile.
+        with self._lock:
+            items = list(self._counts[name].items())
         return [metrics.Observation(n, self.attributes(topic, group))
-                for (topic, group), n in list(self._counts[name].items())]
+                for (topic, group), n in items]
 
     def attributes(self, topic: str, group: str = "") -> dict[str, str]:
         """The metric attributes of a topic (and group), built once. (``messaging.system``
