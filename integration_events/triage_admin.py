@@ -109,10 +109,11 @@ def _parse_through(raw: str) -> datetime | None:
     return value
 
 
-def triage_urls(admin_site: AdminSite) -> list[URLPattern]:
-    """The page's URL, to add to an admin's ``get_urls()`` (name: admin:{URL_NAME})."""
+def triage_urls(admin_site: AdminSite, route: str = "triage/") -> list[URLPattern]:
+    """The page's URL pattern, to add to a ModelAdmin's or the AdminSite's ``get_urls()``
+    (then reversed as ``admin:integration_events_triage``)."""
 
     def view(request: HttpRequest) -> HttpResponse:
         return triage_view(request, admin_site)
 
-    return [path("integration_events/triage/", admin_site.admin_view(view), name=URL_NAME)]
+    return [path(route, admin_site.admin_view(view), name=URL_NAME)]
