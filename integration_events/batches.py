@@ -20,7 +20,7 @@ from .claims import Claim
 from .conf import get_settings
 from .delivery import Prepared
 from .exceptions import GroupUnavailable, IntegrationEventsError, LeaseLost
-from .failures import log_fields
+from .failures import log_extra, log_fields
 from .models import PublishedMessage, ReceivedMessage
 from .outcomes import Outcome, PassStats
 from .registry import Subscription
@@ -98,7 +98,8 @@ def run_atomic_chunk(ex: Executor, taken: Claim[ReceivedMessage], rows: list[Rec
         except LeaseLost as lost:
             # Some rows were taken over after our lease expired: the whole transaction was
             # rolled back; the rows still ours run again one at a time.
-            logger.warning("lease lost during a batch; re-running the rest alone: %s", lost)
+            logger.warning("lease lost during a batch; re-running the rest alone: %s", lost,
+                           extra={"alias": ex.using})
             return stats.add(_rerun_alone(ex, taken, prepared)), []
         taken.done(*(p.row for p in result.succeeded))
         stats.count(Outcome.SUCCEEDED, len(result.succeeded))
@@ -140,7 +141,8 @@ def _transaction(ex: Executor, taken: Claim[ReceivedMessage], prepared: list[Pre
             ex.succeed([p.row for p in result.succeeded], taken.token)
     if logger.isEnabledFor(logging.DEBUG):
         for item in result.succeeded:
-            logger.debug("message succeeded %s", log_fields(item.row))
+            logger.debug("message succeeded %s", log_fields(item.row),
+                         extra=log_extra(item.row))
     return result
 
 
@@ -155,7 +157,8 @@ def _rerun_alone(ex: Executor, taken: Claim[ReceivedMessage], prepared: list[Pre
             if outcome is not None:
                 stats.count(outcome)
         else:
-            logger.warning("lease lost; outcome discarded %s", log_fields(item.row))
+            logger.warning("lease lost; outcome discarded %s", log_fields(item.row),
+                           extra=log_extra(item.row))
             taken.done(item.row)
             stats.count(Outcome.LOST)
     return stats

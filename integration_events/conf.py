@@ -87,6 +87,7 @@ WHY_NUDGE_WINDOW = ("the minute sweep delivers whatever a skipped nudge left, so
 WHY_HEARTBEAT = ("each beat is a write per worker process; a stopped cluster still looks alive "
                  "for three intervals, so more than an hour would hide a stop for three hours")
 WHY_JITTER = "the random share of each wait: 0 is none, 1 is all of it"
+WHY_TOKEN = "a short token can be guessed; generate one with secrets.token_urlsafe()"
 
 
 class IntegrationEventsSettings(BaseModel):
@@ -158,6 +159,11 @@ class IntegrationEventsSettings(BaseModel):
     INSTRUMENTATION: Annotated[
         tuple[DottedPath, ...], Expect("a list of dotted paths of Instrumentation classes"),
     ] = Field((), strict=False)
+    # The bearer token a Prometheus scraper sends to integration_events.urls' metrics view
+    # (staff sessions need none). None: staff sessions only.
+    METRICS_TOKEN: Annotated[
+        str, Field(min_length=16), Expect("a string of at least 16 characters"),
+    ] | None = Field(None, description=WHY_TOKEN)
 
     def retry_strategy(self) -> RetryStrategy:
         """The default backoff, built from the RETRY_* keys and MAX_ATTEMPTS."""

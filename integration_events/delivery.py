@@ -90,7 +90,8 @@ class BoundCallback:
             self.context.run(self.func)
         except Exception:
             logger.exception("a handler's on-commit callback failed (its message is done) "
-                             "callback=%s", self.__qualname__)
+                             "callback=%s", self.__qualname__,
+                             extra={"callback": self.__qualname__})
 
 
 def bind_on_commit(using: str, start: int) -> None:

@@ -111,12 +111,15 @@ class Dispatcher:
                     # Some lease was lost: roll back; the rows are someone else's now.
                     raise _LeaseLostInFanOut
         except (_LeaseLostInFanOut, IntegrityError):
-            logger.warning("lease lost during fan-out alias=%s rows=%s", self.using, len(pks))
+            logger.warning("lease lost during fan-out alias=%s rows=%s", self.using, len(pks),
+                           extra={"alias": self.using, "rows": len(pks)})
             return 0
         if logger.isEnabledFor(logging.DEBUG):
             for row, subs in routed:
                 logger.debug("dispatched message_id=%s topic=%s groups=%s", row.pk,
-                             row.topic, ",".join(subs) or "-")
+                             row.topic, ",".join(subs) or "-", extra={
+                                 "message_id": str(row.pk), "topic": row.topic,
+                                 "groups": list(subs), "alias": self.using})
         return len(pks)
 
     def insert_receipts(self, inbox: list[ReceivedMessage]) -> None:
@@ -147,4 +150,4 @@ def _hand_back_quietly(taken: Claim[PublishedMessage]) -> None:
         taken.hand_back_unstarted()
     except Exception:
         logger.warning("could not hand back unstarted rows; their lease will expire",
-                       exc_info=True)
+                       exc_info=True, extra={"alias": taken.using})

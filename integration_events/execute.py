@@ -33,7 +33,7 @@ from .conf import get_settings
 from .context import current_context
 from .delivery import Prepared, bind_on_commit, build_delivery
 from .exceptions import GroupUnavailable, LeaseLost
-from .failures import Failures, describe_exception, log_fields
+from .failures import Failures, describe_exception, log_extra, log_fields
 from .groups import hold_back
 from .instrumentation import Hooks
 from .leases import LeaseKeeper
@@ -160,7 +160,8 @@ class Executor:
                 taken.counted.add(row.pk)
                 counted.append(row)
             else:
-                logger.warning("lease lost before start %s", log_fields(row))
+                logger.warning("lease lost before start %s", log_fields(row),
+                               extra=log_extra(row))
                 taken.done(row)
         return counted, len(rows) - len(counted)
 
@@ -244,7 +245,8 @@ class Executor:
                 self.call(prepared)
                 self.succeed([row], taken.token)
         except LeaseLost:
-            logger.warning("lease lost; outcome discarded %s", log_fields(row))
+            logger.warning("lease lost; outcome discarded %s", log_fields(row),
+                           extra=log_extra(row))
             return Outcome.LOST
         except GroupUnavailable as exc:
             self.back_off(taken, [row], exc)
@@ -255,7 +257,7 @@ class Executor:
                 raise
             return outcome
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("message succeeded %s", log_fields(row))
+            logger.debug("message succeeded %s", log_fields(row), extra=log_extra(row))
         return Outcome.SUCCEEDED
 
     # --- helpers ------------------------------------------------------------------------------
@@ -277,7 +279,7 @@ class Executor:
             taken.hand_back_unstarted()
         except Exception:
             logger.warning("could not hand back unstarted rows; their lease will expire",
-                           exc_info=True)
+                           exc_info=True, extra={"alias": taken.using})
 
 
 def _announce_succeeded(rows: tuple[ReceivedMessage, ...]) -> None:

@@ -46,6 +46,16 @@ def describe_exception(exc: BaseException, *, with_traceback: bool = True) -> st
     return text
 
 
+def log_extra(row: MessageBase) -> dict[str, Any]:
+    """The same fields as :func:`log_fields`, as a log record's ``extra`` (so a JSON formatter
+    gets them as keys): message_id (a string), topic, group (inbox rows), attempt."""
+    if isinstance(row, ReceivedMessage):
+        return {"message_id": str(row.message_id), "topic": row.topic, "group": row.group,
+                "attempt": row.attempts}
+    return {"message_id": str(row.pk), "topic": getattr(row, "topic", ""),
+            "attempt": row.attempts}
+
+
 def log_fields(row: MessageBase) -> str:
     """message_id / topic / group / attempt as key=value pairs for a log line."""
     if isinstance(row, ReceivedMessage):
@@ -83,7 +93,8 @@ class Failures:
         changes, decision = self.changes(row, exc, strategy)
         model = type(row)
         if not model.objects.using(self.using).finish([row.pk], token, **changes):
-            logger.warning("lease lost before recording failure %s", log_fields(row))
+            logger.warning("lease lost before recording failure %s", log_fields(row),
+                           extra=log_extra(row))
             return Outcome.LOST
         self.announce(row, changes["last_error"], decision)
         outcome = Outcome.FAILED if isinstance(decision, GiveUp) else Outcome.RETRIED
@@ -97,12 +108,14 @@ class Failures:
         first_line = error.split("\n", 1)[0]
         model = type(row)
         if isinstance(decision, GiveUp):
-            logger.error("message failed %s error=%r", log_fields(row), first_line)
+            logger.error("message failed %s error=%r", log_fields(row), first_line,
+                         extra={**log_extra(row), "error": first_line})
             transaction.on_commit(partial(self.announce_failed, model, row.pk, error),
                                   using=self.using)
         else:
             logger.info("message retrying %s retry_in=%.3f error=%r", log_fields(row),
-                        decision.delay, first_line)
+                        decision.delay, first_line,
+                        extra={**log_extra(row), "retry_in": decision.delay, "error": first_line})
             transaction.on_commit(
                 partial(message_retrying.send, sender=model, message=row, error=error,
                         retry_in=decision.delay),
@@ -122,4 +135,5 @@ class Failures:
         except Exception:
             # Never let a broken callback (or a path that no longer imports) undo or repeat
             # the transition: it has committed already.
-            logger.exception("FAILED_THRESHOLD_CALLBACK raised message_pk=%s", pk)
+            logger.exception("FAILED_THRESHOLD_CALLBACK raised message_pk=%s", pk,
+                             extra={"message_pk": str(pk)})

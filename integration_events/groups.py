@@ -33,7 +33,8 @@ def hold_back(using: str, group: str, retry_after: float, reason: str) -> float:
         GroupState.objects.using(using).filter(pk=group).update(
             backoffs=backoffs, backoff_until=after(wait), reason=reason[:2000],
             updated_at=Now())
-    logger.warning("group backing off group=%s wait=%.1f reason=%r", group, wait, reason[:200])
+    logger.warning("group backing off group=%s wait=%.1f reason=%r", group, wait, reason[:200],
+                   extra={"group": group, "wait": wait, "alias": using})
     return wait
 
 

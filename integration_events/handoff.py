@@ -50,7 +50,8 @@ def nudge(alias: str = DEFAULT_DB_ALIAS, *, force: bool = False, pump: Pump | No
                 return False
         except Exception:
             # A cache that is down must not stop the hand-off; at worst we nudge too often.
-            logger.warning("nudge cache unavailable alias=%s", alias, exc_info=True)
+            logger.warning("nudge cache unavailable alias=%s", alias, exc_info=True,
+                           extra={"alias": alias})
     (pump or get_pump()).enqueue_process(alias)
     return True
 

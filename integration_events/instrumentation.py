@@ -4,6 +4,12 @@ Subclass :class:`Instrumentation`, override the hooks you need, and list the cla
 ``INTEGRATION_EVENTS["INSTRUMENTATION"]`` (dotted paths; instantiated once per settings).
 Every hook runs in the process and thread that does the work: ``publish`` in the publisher's
 request, the others in the worker. With none configured the engine skips the hooks.
+
+Two hooks are about the cluster's processes rather than messages: ``process_started`` runs in
+each worker process a ``qcluster`` forks (django-q2's ``post_spawn``; workers are forked again
+when recycled), before its first task, to set up what must not be shared across a fork (an
+exporter's thread and connection); ``task_finished`` runs when each django-q2 task of the
+engine ends, to flush what is buffered (a forked worker leaves without running ``atexit``).
 """
 
 from __future__ import annotations
@@ -47,6 +53,14 @@ class Instrumentation:
     def outcome(self, row: MessageBase, outcome: Outcome, error: BaseException | None) -> None:
         """After an outcome was written for ``row`` (before its transaction commits)."""
 
+    def process_started(self) -> None:
+        """In a new worker process of the cluster, before its first task (django-q2's
+        ``post_spawn``; also after a worker is recycled)."""
+
+    def task_finished(self) -> None:
+        """When a task of the cluster (processing or the minute sweep) has ended, in its
+        worker process: flush buffered telemetry here."""
+
 
 class Hooks:
     """The configured instrumentations, called together (in order; exits in reverse)."""
@@ -54,26 +68,43 @@ class Hooks:
     def __init__(self, instruments: Sequence[Instrumentation] = ()) -> None:
         self.instruments = tuple(instruments)
         self.active = bool(self.instruments)
+        # The common case, one instrumentation: its contexts are used as they are (an
+        # ExitStack around them costs a few microseconds per delivery).
+        self._only = self.instruments[0] if len(self.instruments) == 1 else None
 
     def publish(self, message: PublishedMessage, event: Any) -> AbstractContextManager[None]:
         if not self.active:
             return nullcontext()
+        if self._only is not None:
+            return self._only.publish(message, event)
         return self._all(i.publish(message, event) for i in self.instruments)
 
     def dispatch(self, message: PublishedMessage, groups: Sequence[str]
                  ) -> AbstractContextManager[None]:
         if not self.active:
             return nullcontext()
+        if self._only is not None:
+            return self._only.dispatch(message, groups)
         return self._all(i.dispatch(message, groups) for i in self.instruments)
 
     def attempt(self, delivery: Delivery) -> AbstractContextManager[None]:
         if not self.active:
             return nullcontext()
+        if self._only is not None:
+            return self._only.attempt(delivery)
         return self._all(i.attempt(delivery) for i in self.instruments)
 
     def outcome(self, row: MessageBase, outcome: Outcome, error: BaseException | None) -> None:
         for instrument in self.instruments:
             instrument.outcome(row, outcome, error)
+
+    def process_started(self) -> None:
+        for instrument in self.instruments:
+            instrument.process_started()
+
+    def task_finished(self) -> None:
+        for instrument in self.instruments:
+            instrument.task_finished()
 
     @staticmethod
     @contextmanager

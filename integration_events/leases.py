@@ -71,7 +71,8 @@ class LeaseKeeper:
                 except Exception:
                     # A blip (database restart) must not kill the keeper; the next turn retries
                     # and the lease is three intervals long.
-                    logger.warning("lease renewal failed alias=%s", self.alias, exc_info=True)
+                    logger.warning("lease renewal failed alias=%s", self.alias, exc_info=True,
+                                   extra={"alias": self.alias})
                     connections[self.alias].close()
         finally:
             connections[self.alias].close()

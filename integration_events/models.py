@@ -296,6 +296,8 @@ class ReceivedMessage(MessageBase):
             # The admin overview's delivered rate and 24-hour history (succeeded by finished_at).
             models.Index(fields=["status", "finished_at"], name="ie_recv_finished"),
             models.Index(fields=["expires_at"], name="ie_recv_expires"),
+            # Failure triage: dead letters by error type (integration_events.triage).
+            models.Index(fields=["status", "error_type"], name="ie_recv_triage"),
         ]
 
     def __str__(self) -> str:
@@ -396,6 +398,41 @@ class WorkerNode(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class DeliveryCounter(models.Model):
+    """A running total of inbox rows that finished as ``status`` in ``group``: advanced by the
+    minute sweep (integration_events.counters), read by the Prometheus view, so that nothing
+    counts millions of succeeded rows at scrape time."""
+
+    group = models.CharField(max_length=100)
+    status = models.CharField(max_length=16, choices=MessageStatus.choices)
+    total = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "delivery counter"
+        verbose_name_plural = "delivery counters"
+        constraints = [
+            models.UniqueConstraint(fields=["group", "status"], name="ie_counter_group_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group} {self.status} {self.total}"
+
+
+class CounterMark(models.Model):
+    """How far the delivery counters have counted: every inbox row that finished (by
+    ``finished_at``) up to ``counted_through`` is in them. One row per table counted."""
+
+    source = models.CharField(max_length=50, primary_key=True)
+    counted_through = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        verbose_name = "counter mark"
+        verbose_name_plural = "counter marks"
+
+    def __str__(self) -> str:
+        return f"{self.source} through {self.counted_through}"
 
 
 class Dashboard(PublishedMessage):

@@ -80,7 +80,8 @@ class HeartbeatThread(threading.Thread):
                 heartbeat(alias)
             except Exception:
                 # A database blip must not end the thread: the next beat tries again.
-                logger.warning("heartbeat failed alias=%s", alias, exc_info=True)
+                logger.warning("heartbeat failed alias=%s", alias, exc_info=True,
+                               extra={"alias": alias})
                 connections[alias].close()
 
     def run(self) -> None:

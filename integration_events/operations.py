@@ -52,6 +52,7 @@ def _reset(qs: Any) -> list[Any]:
         expires_at=None,
         lease_token=None,
         lease_until=None,
+        error_type="",
     )
     if changed != len(keys):
         # No row locks on this database and a worker claimed a row in between.

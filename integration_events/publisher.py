@@ -130,10 +130,13 @@ def publish(
             message.save(using=alias, force_insert=True)
             if not isinstance(message.next_attempt_at, datetime):
                 message.refresh_from_db(using=alias, fields=["next_attempt_at"])
-    logger.debug(
-        "published message_id=%s topic=%s correlation_id=%s", message.id, message.topic,
-        message.correlation_id,
-    )
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "published message_id=%s topic=%s correlation_id=%s", message.id, message.topic,
+            message.correlation_id, extra={
+                "message_id": str(message.id), "topic": message.topic,
+                "correlation_id": str(message.correlation_id)},
+        )
     message_published.send(sender=PublishedMessage, message=message, event=event)
     hand_off_after_commit(alias)
     return message

@@ -11,7 +11,7 @@ from django.db.models.functions import Now
 
 from .conf import get_settings
 from .exceptions import LeaseExpired
-from .failures import Failures, log_fields
+from .failures import Failures, log_extra, log_fields
 from .models import MessageBase, MessageStatus, PublishedMessage, ReceivedMessage
 from .registry import default_retry, get_subscription, unknown_topic_retry
 from .retry import Decision, GiveUp, Retry, RetryStrategy
@@ -57,7 +57,8 @@ class Sweeper:
                 self.failures.announce(row, changes["last_error"], decision)
         if not moved:
             return None
-        logger.warning("lease expired %s final=%s", log_fields(row), final)
+        logger.warning("lease expired %s final=%s", log_fields(row), final,
+                       extra={**log_extra(row), "final": final})
         return "dead" if final else "released"
 
     @staticmethod

@@ -20,6 +20,8 @@ from django_q.signals import post_spawn
 from django_q.tasks import async_task
 
 from .conf import get_settings
+from .counters import advance_counters
+from .instrumentation import get_hooks
 from .logs import own_enqueue
 from .nodes import heartbeat, start_heartbeat
 from .worker import Worker
@@ -54,21 +56,58 @@ class DjangoQPump:
 
 def process_messages(alias: str = DEFAULT_DB_ALIAS) -> dict[str, int]:
     """Claim and process due messages until the task's time budget or idleness ends it."""
-    return Worker(using=alias, pump=DjangoQPump()).run().as_dict()
+    try:
+        return Worker(using=alias, pump=DjangoQPump()).run().as_dict()
+    finally:
+        task_finished()
 
 
 def sweep() -> dict[str, Any]:
-    """The periodic backstop (every minute): release expired claims, delete expired messages,
-    then hand off whatever is due, including committed messages whose hand-off was lost."""
+    """The periodic backstop (every minute): advance the delivery counters, release expired
+    claims, delete expired messages, then hand off whatever is due, including committed
+    messages whose hand-off was lost."""
     result: dict[str, Any] = {}
-    for alias in get_settings().DATABASES:
-        worker = Worker(using=alias, pump=DjangoQPump())
-        result[alias] = worker.sweep().as_dict()
-        heartbeat(alias)
-        due = worker.next_due_in()
-        if due is not None and due <= get_settings().WAKE_HORIZON:
-            DjangoQPump().enqueue_process(alias)
+    try:
+        for alias in get_settings().DATABASES:
+            # Before the deletes: rows that finished since the last count are counted first.
+            _advance_counters(alias)
+            worker = Worker(using=alias, pump=DjangoQPump())
+            result[alias] = worker.sweep().as_dict()
+            heartbeat(alias)
+            due = worker.next_due_in()
+            if due is not None and due <= get_settings().WAKE_HORIZON:
+                DjangoQPump().enqueue_process(alias)
+    finally:
+        task_finished()
     return result
+
+
+def _advance_counters(alias: str) -> None:
+    try:
+        advance_counters(alias)
+    except Exception:
+        # The counters catch up on the next sweep; the sweep's own work must go on.
+        logger.warning("counting finished rows failed alias=%s", alias, exc_info=True,
+                       extra={"alias": alias})
+
+
+def task_finished() -> None:
+    """Tell the instrumentations a task ended (they flush buffered spans and metrics)."""
+    try:
+        get_hooks().task_finished()
+    except Exception:
+        logger.warning("instrumentation hook failed hook=task_finished", exc_info=True,
+                       extra={"hook": "task_finished"})
+
+
+def process_started(**kwargs: Any) -> None:
+    """Tell the instrumentations a worker process started (post_spawn): they set up what a
+    fork must not share."""
+    try:
+        get_hooks().process_started()
+    except Exception:
+        logger.warning("instrumentation hook failed hook=process_started", exc_info=True,
+                       extra={"hook": "process_started"})
 
 
 def install_schedule(using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
@@ -84,5 +123,7 @@ def install_schedule(using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
 
 
 def connect_cluster_signals() -> None:
-    """Start the heartbeat thread in every worker process a qcluster spawns."""
+    """Start the heartbeat thread, and tell the instrumentations, in every worker process a
+    qcluster spawns."""
     post_spawn.connect(start_heartbeat, dispatch_uid="integration_events.heartbeat")
+    post_spawn.connect(process_started, dispatch_uid="integration_events.instrumentation")

@@ -121,7 +121,7 @@ class Worker:
             logger.info(
                 "sweep alias=%s released=%s dead=%s deleted_published=%s deleted_received=%s",
                 self.using, stats.released, stats.dead, stats.deleted_published,
-                stats.deleted_received,
+                stats.deleted_received, extra={"alias": self.using, **stats.as_dict()},
             )
         return stats
 
@@ -158,8 +158,10 @@ class Worker:
                     self._hand_on_if_due()
             finally:
                 self._heartbeat(total.total)
-        logger.debug("task done alias=%s %s", self.using,
-                     " ".join(f"{k}={v}" for k, v in total.as_dict().items()))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("task done alias=%s %s", self.using,
+                         " ".join(f"{k}={v}" for k, v in total.as_dict().items()),
+                         extra={"alias": self.using, **total.as_dict()})
         return total
 
     def _wait_for_work(self, idle_since: float, deadline: float) -> bool:
@@ -191,7 +193,8 @@ class Worker:
         try:
             nudge(self.using, pump=self.pump)
         except Exception:
-            logger.warning("hand-on nudge failed alias=%s", self.using, exc_info=True)
+            logger.warning("hand-on nudge failed alias=%s", self.using, exc_info=True,
+                           extra={"alias": self.using})
 
     def _maybe_recruit(self, full: bool) -> None:
         """A claim came back full (a backlog): ask the pump for one more task, at most once
@@ -208,13 +211,14 @@ class Worker:
             self.pump.recruit(self.using)
         except Exception:
             logger.warning("recruiting another worker failed alias=%s", self.using,
-                           exc_info=True)
+                           exc_info=True, extra={"alias": self.using})
 
     def _heartbeat(self, processed: int) -> None:
         try:
             heartbeat(self.using, processed)
         except Exception:
-            logger.warning("heartbeat failed alias=%s", self.using, exc_info=True)
+            logger.warning("heartbeat failed alias=%s", self.using, exc_info=True,
+                           extra={"alias": self.using})
 
     @contextmanager
     def _keeping_leases(self) -> Iterator[None]:

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 # -- interpreters and virtualenvs ---------------------------------------------------------
 PY_NEW=$(newest_python) || exit 2
-extras="dev,postgres,redis,mssql,browser,amqp"
+extras="dev,postgres,redis,mssql,browser,amqp,otel,prometheus"
 if pkg-config --exists libmariadb 2>/dev/null || pkg-config --exists mysqlclient 2>/dev/null; then
   extras="$extras,mysql"
 fi

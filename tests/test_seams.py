@@ -271,3 +271,60 @@ def test_an_attempt_hook_that_raises_fails_the_attempt_like_the_handler() -> Non
     assert failed.count() == 2
     assert all("injected by instrumentation" in r.last_error for r in failed)
     assert DeliveryRow.objects.filter(n=8).count() == 2
+
+
+class ProcessRecorder(Instrumentation):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def process_started(self) -> None:
+        import os
+
+        self.calls.append(("process_started", os.getpid()))
+
+    def task_finished(self) -> None:
+        import os
+
+        self.calls.append(("task_finished", os.getpid()))
+
+
+process_recorder = ProcessRecorder()
+
+
+def test_a_spawned_worker_process_and_each_finished_task_reach_the_hooks(monkeypatch) -> None:
+    """post_spawn (sent by django-q2 in each new worker process) reaches process_started;
+    both engine tasks end with task_finished, even when the task raises."""
+    import os
+
+    from django_q.signals import post_spawn
+
+    from integration_events import tasks
+
+    process_recorder.calls.clear()
+    with override_settings(INTEGRATION_EVENTS={
+            "INSTRUMENTATION": ["tests.test_seams.process_recorder"], "NUDGE": False,
+            "IDLE_LINGER": 0}):
+        post_spawn.send(sender="django_q", proc_name="Process-1")
+        tasks.process_messages("default")
+        tasks.sweep()
+        monkeypatch.setattr(Worker, "run", lambda self: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            tasks.process_messages("default")
+    pid = os.getpid()
+    assert process_recorder.calls == [("process_started", pid), ("task_finished", pid),
+                                      ("task_finished", pid), ("task_finished", pid)]
+
+
+class BrokenHooks(Instrumentation):
+    def task_finished(self) -> None:
+        raise RuntimeError("exporter down")
+
+
+def test_a_failing_task_finished_hook_is_logged_not_raised(caplog) -> None:
+    from integration_events import tasks
+
+    with override_settings(INTEGRATION_EVENTS={
+            "INSTRUMENTATION": ["tests.test_seams.BrokenHooks"], "NUDGE": False,
+            "IDLE_LINGER": 0}):
+        assert tasks.process_messages("default") is not None
+    assert "instrumentation hook failed hook=task_finished" in caplog.text

@@ -1,0 +1,186 @@
+"""What the OpenTelemetry instrumentation costs per delivery, in CPU microseconds.
+
+    .venv/bin/python bench/otel_overhead.py                  # SQLite (file), 9 rounds
+    IE_DB=postgres IE_DB_NAME=ie_bench .venv/bin/python bench/otel_overhead.py --rounds 15
+
+Three configurations, interleaved round by round (the order rotates) in one process, each
+delivering the same workload (N events x 2 groups) in-process with a Worker:
+
+- "API absent": no instrumentation (what a project without the [otel] extra runs; the engine
+  skips the hooks altogether);
+- "API, no SDK": integration_events.otel.OpenTelemetry on the API's own proxy providers (the
+  [otel] extra installed, no SDK set up): spans are skipped, metric calls go to no-op proxies;
+- "SDK, no-op exporter": the SDK's TracerProvider with a BatchSpanProcessor and a MeterProvider
+  with a periodic reader, both exporting to exporters that drop everything, so every span
+  and data point is built, processed and aggregated.
+
+CPU time (time.process_time: this process's threads, the span processor's included; on SQLite
+the database's work too) is measured instead of wall time, which swings too much on a shared
+machine. Reported: the median per-delivery CPU of each configuration and the median of the
+per-round differences to "API absent" (end to end: on a busy machine these still move by
+several microseconds between runs), and the hooks alone: the instrumentation's contexts and
+outcome call around a no-op handler for one real delivery, 20,000 times (what the
+instrumentation adds, to a tenth of a microsecond; with the SDK it leaves out the garbage
+collector's share, which the end-to-end figure has). Goals (issue 15): <= 5 us without the SDK,
+<= 60 us with it, judged on the end-to-end figure. A benchmark, not a test: it exits 1 if a goal
+is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+os.environ.setdefault("IE_DB_NAME", "bench")
+os.environ.setdefault("IE_SQLITE_TEST_PATH", str(ROOT / "var" / "bench-otel.sqlite3"))
+os.environ.setdefault("IE_LOG_LEVEL", "WARNING")
+os.environ.setdefault("DJANGO_DEBUG", "0")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.db import connection  # noqa: E402
+from django.test import override_settings  # noqa: E402
+
+from integration_events import publish_many  # noqa: E402
+from integration_events.instrumentation import Hooks  # noqa: E402
+from integration_events.models import PublishedMessage, ReceivedMessage  # noqa: E402
+from integration_events.otel import OpenTelemetry  # noqa: E402
+from integration_events.worker import Worker  # noqa: E402
+from tests.eventapp.events import ProbeHappened  # noqa: E402
+from tests.eventapp.models import Delivery  # noqa: E402
+
+GOALS = {"API, no SDK": 5.0, "SDK, no-op exporter": 60.0}
+
+
+def sdk_instrument() -> OpenTelemetry:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        MetricExporter,
+        MetricExportResult,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class DropSpans(SpanExporter):
+        def export(self, spans):  # type: ignore[no-untyped-def]
+            return SpanExportResult.SUCCESS
+
+    class DropMetrics(MetricExporter):
+        def export(self, metrics_data, timeout_millis=10_000, **kwargs):  # type: ignore[no-untyped-def]
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis=10_000):  # type: ignore[no-untyped-def]
+            return True
+
+        def shutdown(self, timeout_millis=30_000, **kwargs):  # type: ignore[no-untyped-def]
+            pass
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(DropSpans()))
+    meter_provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(
+        DropMetrics(), export_interval_millis=5_000)])
+    return OpenTelemetry(tracer_provider, meter_provider)
+
+
+def one_round(hooks: Hooks, events: int) -> float:
+    """CPU microseconds per delivery for ``events`` x 2 deliveries with ``hooks``."""
+    with override_settings(INTEGRATION_EVENTS={"NUDGE": False}):
+        publish_many([ProbeHappened(n=n) for n in range(events)])
+        worker = Worker(keep_leases=False, hooks=hooks)
+        worker.dispatch_batch(limit=events)  # fan-out is not a delivery: outside the timing
+        started = time.process_time()
+        stats = worker.run_until_idle()
+        cpu = time.process_time() - started
+    assert stats.succeeded == 2 * events, stats
+    Delivery.objects.all().delete()
+    ReceivedMessage.objects.all().delete()
+    PublishedMessage.objects.all().delete()
+    return cpu / stats.succeeded * 1e6
+
+
+def hooks_alone(hooks: Hooks, times: int = 20_000) -> float:
+    """CPU microseconds of the hooks around one real delivery's (no-op) handler run."""
+    from integration_events.delivery import build_delivery
+    from integration_events.outcomes import Outcome
+
+    with override_settings(INTEGRATION_EVENTS={"NUDGE": False}):
+        publish_many([ProbeHappened(n=1)])
+        Worker(keep_leases=False).dispatch_batch()
+    row = ReceivedMessage.objects.first()
+    assert row is not None
+    row.attempts = 1
+    delivery = build_delivery(row, row.message).delivery
+    started = time.process_time()
+    for _ in range(times):
+        with hooks.attempt(delivery):
+            pass
+        if hooks.active:
+            hooks.outcome(row, Outcome.SUCCEEDED, None)
+    cpu = time.process_time() - started
+    ReceivedMessage.objects.all().delete()
+    PublishedMessage.objects.all().delete()
+    return cpu / times * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--events", type=int, default=500, help="events per round (x 2 groups)")
+    args = parser.parse_args()
+    from django.test.utils import get_runner, setup_test_environment
+
+    setup_test_environment()
+    runner = get_runner(django.conf.settings)(verbosity=0, interactive=False)
+    old = runner.setup_databases()
+    configs = {
+        "API absent": Hooks(),
+        "API, no SDK": Hooks([OpenTelemetry()]),
+        "SDK, no-op exporter": Hooks([sdk_instrument()]),
+    }
+    names = list(configs)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    alone: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        one_round(configs["SDK, no-op exporter"], 50)  # warm up caches and the SDK
+        for r in range(args.rounds):
+            for name in names[r % 3:] + names[: r % 3]:
+                results[name].append(one_round(configs[name], args.events))
+        for _ in range(3):
+            for name in names:
+                alone[name].append(hooks_alone(configs[name]))
+    finally:
+        runner.teardown_databases(old)
+    print(f"database: {connection.vendor}, {args.rounds} rounds of {2 * args.events} "
+          f"deliveries, CPU us per delivery (median)")
+    base = results["API absent"]
+    failed = False
+    for name in names:
+        median = statistics.median(results[name])
+        line = f"  {name:<22} {median:8.1f} us"
+        if name in GOALS:
+            added = statistics.median(r - b for r, b in zip(results[name], base, strict=True))
+            ok = added <= GOALS[name]
+            failed |= not ok
+            line += f"   added {added:6.1f} us (goal <= {GOALS[name]:g}: " \
+                    f"{'met' if ok else 'MISSED'})"
+        print(line)
+    print("the hooks alone, around one delivery (median of 3 x 20,000)")
+    hooks_base = statistics.median(alone["API absent"])
+    for name in names:
+        median = statistics.median(alone[name])
+        print(f"  {name:<22} {median:8.2f} us   added {median - hooks_base:6.2f} us")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
