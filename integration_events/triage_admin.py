@@ -48,6 +48,12 @@ def _admin_url(name: str, *args: Any, query: dict[str, str] | None = None) -> st
     return f"{url}?{urlencode(query)}" if query else url
 
 
+def _page() -> dict[str, Any]:
+    """What the dashboard's base template needs (breadcrumbs, the highlighted tab)."""
+    return {"opts": ReceivedMessage._meta, "app_label": ReceivedMessage._meta.app_label,
+            "ie_page": "triage", "ie_crumb": "Failure triage"}
+
+
 def triage_view(request: HttpRequest, admin_site: AdminSite) -> HttpResponse:
     """GET: the failure groups. POST ``action`` = requeue | delete (then ``confirm``), with
     ``error_type``, ``handler`` and ``through`` (the group's last failure the page showed)."""
@@ -64,7 +70,7 @@ def triage_view(request: HttpRequest, admin_site: AdminSite) -> HttpResponse:
         "sample_url": _admin_url("change", g.sample.pk) if g.sample is not None else None,
     } for g in groups]
     return render(request, TEMPLATE, {
-        **admin_site.each_context(request), "title": "Failure triage", "rows": rows,
+        **admin_site.each_context(request), **_page(), "title": "Failure triage", "rows": rows,
         "can_requeue": _perm(request, "change"), "can_delete": _perm(request, "delete"),
     })
 
@@ -86,7 +92,7 @@ def _act(request: HttpRequest, admin_site: AdminSite) -> HttpResponse:
     if action == "delete" and request.POST.get("confirm") != "yes":
         count = members(error_type, handler, through=through).count()
         return render(request, TEMPLATE, {
-            **admin_site.each_context(request), "title": "Delete dead letters?",
+            **admin_site.each_context(request), **_page(), "title": "Delete dead letters?",
             "confirm": {"error_type": error_type, "handler": handler, "label": label,
                         "through": request.POST.get("through", ""), "count": count},
         })

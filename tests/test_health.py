@@ -104,7 +104,6 @@ def test_json_output() -> None:
                                              "dead_letters": 0}}
 
 
-@pytest.mark.urls("tests.obs_urls")
 def test_the_json_view_for_load_balancers() -> None:
     url = "/integration-events/health"
     response = Client().get(url)

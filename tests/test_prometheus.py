@@ -23,7 +23,7 @@ from integration_events.nodes import heartbeat
 from integration_events.testing import deliver_pending, make_due
 from tests.eventapp.events import LonelyHappened, ProbeHappened
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls("tests.obs_urls")]
+pytestmark = [pytest.mark.django_db(transaction=True)]
 
 URL = "/integration-events/metrics"
 TOKEN = "s3cret-token-for-the-scraper"

@@ -26,6 +26,7 @@ from django.urls import URLPattern, path, reverse
 from .. import dashboard, operations
 from ..conf import get_settings
 from ..groups import group_infos
+from ..triage_admin import triage_urls
 from ..models import Dashboard, MessageStatus, PublishedMessage, ReceivedMessage, WorkerNode
 from ..nodes import alive_within
 from . import display, permissions
@@ -69,6 +70,7 @@ class DashboardAdmin(admin.ModelAdmin):
             path("subscribers/group/", wrap(self.group_action_view),
                  name="integration_events_group_action"),
             path("nodes/", wrap(self.nodes_view), name="integration_events_nodes"),
+            *triage_urls(self.admin_site, route="triage/"),
             *super().get_urls(),
         ]
 
