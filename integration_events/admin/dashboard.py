@@ -26,9 +26,9 @@ from django.urls import URLPattern, path, reverse
 from .. import dashboard, operations
 from ..conf import get_settings
 from ..groups import group_infos
-from ..triage_admin import triage_urls
 from ..models import Dashboard, MessageStatus, PublishedMessage, ReceivedMessage, WorkerNode
 from ..nodes import alive_within
+from ..triage_admin import triage_urls
 from . import display, permissions
 
 CHART_TEMPLATE = "integration_events/admin/_chart.html"
