@@ -113,16 +113,21 @@ class FairShare(OldestFirst):
             if len(rows) < self.share(group, limit):
                 rows.append(pk)
         # Groups whose rows are newer than the window: each looked up on its own index range.
-        for group in sorted(registered_groups() - set(taken) - full):
-            if now - self.empty_at.get(group, float("-inf")) < _recheck_after():
-                continue
-            if group in limits and full_groups(qs.db, {group: limits[group]}):
-                continue
-            rows = self._group_rows(qs, group, self.share(group, limit), skip_locked)
-            if rows:
-                taken[group] = rows
-            else:
-                self.empty_at[group] = now
+        # (Due retries are in the window: it reads them first, across groups.)
+        candidates = [g for g in sorted(registered_groups() - set(taken) - full)
+                      if now - self.empty_at.get(g, float("-inf")) >= _recheck_after()]
+        if candidates:
+            held = set(GroupState.objects.using(qs.db).held_back().values_list(
+                "group", flat=True))
+            for group in candidates:
+                if group in held or (group in limits and full_groups(
+                        qs.db, {group: limits[group]})):
+                    continue
+                rows = self._group_rows(qs, group, self.share(group, limit), skip_locked)
+                if rows:
+                    taken[group] = rows
+                else:
+                    self.empty_at[group] = now
         order = sorted(taken, key=lambda g: self.cost.get(g, 0.0))
         return [pk for group in order for pk in taken[group]][:limit]
 
@@ -141,19 +146,12 @@ class FairShare(OldestFirst):
 
     def _group_rows(self, qs: MessageQuerySet[Any], group: str, share: int,
                     skip_locked: bool) -> list[Any]:
-        """Up to ``share`` due rows of one group, retries first (an index range each)."""
-        pks: list[Any] = []
-        for status in (MessageStatus.RETRYING, MessageStatus.PENDING):
-            due = qs.filter(group=group).claimable(status)
-            if skip_locked:
-                due = due.select_for_update(skip_locked=True)
-            for pk, kind in due.values_list("pk", "error_type")[: share - len(pks)]:
-                if kind == LEASE_EXPIRED:
-                    return pks or [pk]
-                pks.append(pk)
-            if len(pks) >= share:
-                break
-        return pks
+        """Up to ``share`` new due rows of one group not held back (one index range)."""
+        due = qs.filter(group=group).due(MessageStatus.PENDING)
+        if skip_locked:
+            due = due.select_for_update(skip_locked=True)
+        return [pk for pk, kind in due.values_list("pk", "error_type")[:share]
+                if kind != LEASE_EXPIRED]
 
     def _fast_first(self, window: list[tuple[Any, str, str]]) -> list[Any]:
         """The rows in hand, the groups with the cheapest handlers first (stable: oldest
