@@ -53,9 +53,11 @@ class _Result:
 def _prepare_all(ex: Executor, taken: Claim[ReceivedMessage], rows: list[ReceivedMessage],
                  messages: Messages, stats: PassStats) -> list[Prepared]:
     # Rows of a chunk that was cut short come back counted already.
-    fresh = [r for r in rows if r.pk not in taken.counted]
+    already = taken.counted.copy()
+    fresh = [r for r in rows if r.pk not in already]
     counted, lost = ex.count_attempts(taken, fresh) if fresh else ([], 0)
-    counted += [r for r in rows if r.pk in taken.counted and r not in counted]
+    if len(fresh) < len(rows):
+        counted += [r for r in rows if r.pk in already]
     stats.count(Outcome.LOST, lost)
     prepared: list[Prepared] = []
     for row in counted:

@@ -62,6 +62,9 @@ class _Pass:
     seconds: dict[str, float] = field(default_factory=dict)  # handler time per group
     checked_at: float = 0.0  # when paused / backing-off groups were last looked up
     held_back: set[str] = field(default_factory=set)
+    # The settings this pass runs with (read once: the per-handler checks are hot).
+    budget: float = 1.0
+    poll: float = 0.1
 
 
 class FairShare(OldestFirst):
@@ -88,14 +91,16 @@ class FairShare(OldestFirst):
         cost = self.cost.get(group)
         if cost is None:
             return min(limit, UNKNOWN_SHARE)
-        budget = get_settings().EXECUTE_BATCH_SECONDS
-        return max(1, min(limit, int(budget / max(cost, 1e-6))))
+        return max(1, min(limit, int(self.current.budget / max(cost, 1e-6))))
 
     def select(self, qs: MessageQuerySet[Any], limit: int, *, skip_locked: bool) -> list[Any]:
         if qs.model is not ReceivedMessage:
             return super().select(qs, limit, skip_locked=skip_locked)
         now = self.clock()
-        self._local.state = _Pass(started=now, checked_at=now)
+        settings = get_settings()
+        self._local.state = _Pass(started=now, checked_at=now,
+                                  budget=settings.EXECUTE_BATCH_SECONDS,
+                                  poll=settings.POLL_INTERVAL)
         window = self._window(qs, limit + 1, skip_locked)
         if window and window[0][2] == LEASE_EXPIRED:
             return [window[0][0]]  # a row back from an expired lease is claimed alone
@@ -201,16 +206,16 @@ class FairShare(OldestFirst):
         """Inside a unit: stop before a handler whose group was paused meanwhile (re-read at
         most every POLL_INTERVAL) or has used its time in this pass."""
         state = self.current
-        if state.seconds.get(row.group, 0.0) >= get_settings().EXECUTE_BATCH_SECONDS:
+        if state.seconds.get(row.group, 0.0) >= state.budget:
             return False
         return row.group not in self._held_back(row._state.db or "default", state)
 
     def running(self, row: ReceivedMessage) -> AbstractContextManager[None]:
-        return _timed(self, row.group)
+        return _Timed(self, row.group)
 
     def _held_back(self, using: str, state: _Pass) -> set[str]:
         now = self.clock()
-        if now - state.checked_at >= get_settings().POLL_INTERVAL:
+        if now - state.checked_at >= state.poll:
             state.held_back = set(GroupState.objects.using(using).held_back()
                                   .values_list("group", flat=True))
             state.checked_at = now
@@ -223,16 +228,23 @@ class FairShare(OldestFirst):
             EWMA_ALPHA * seconds + (1 - EWMA_ALPHA) * previous)
         state = self.current
         state.seconds[group] = state.seconds.get(group, 0.0) + seconds
-        self.empty_at.pop(group, None)
+        if self.empty_at:
+            self.empty_at.pop(group, None)
 
 
-@contextmanager
-def _timed(strategy: FairShare, group: str) -> Iterator[None]:
-    started = strategy.clock()
-    try:
-        yield
-    finally:
-        strategy.observe(group, strategy.clock() - started)
+class _Timed:
+    """Times one handler run for ``FairShare.observe`` (a plain class: this is per handler)."""
+
+    __slots__ = ("strategy", "group", "started")
+
+    def __init__(self, strategy: FairShare, group: str) -> None:
+        self.strategy, self.group = strategy, group
+
+    def __enter__(self) -> None:
+        self.started = self.strategy.clock()
+
+    def __exit__(self, *exc: object) -> None:
+        self.strategy.observe(self.group, self.strategy.clock() - self.started)
 
 
 def _recheck_after() -> float:

@@ -128,8 +128,7 @@ class MessageQuerySet(models.QuerySet[M]):
         due = self.due(status)
         if not _has_group(self.model):
             return due
-        return due.exclude(models.Exists(
-            GroupState.objects.held_back().filter(group=models.OuterRef("group"))))
+        return due.exclude(models.Exists(_held_back_group()))
 
     def next_due_in(self) -> float | None:
         """Seconds until the first waiting row that could be claimed falls due (negative:
@@ -168,6 +167,17 @@ MessageManager = models.Manager.from_queryset(MessageQuerySet)
 def _has_group(model: type[models.Model]) -> bool:
     """Inbox rows have a group (and so a GroupState); outbox rows do not."""
     return any(f.name == "group" for f in model._meta.concrete_fields)
+
+
+_HELD_BACK: list[Any] = []
+
+
+def _held_back_group() -> Any:
+    """The GroupState rows holding back the outer row's group (built once: Exists() clones
+    it, and this is part of every claim)."""
+    if not _HELD_BACK:
+        _HELD_BACK.append(GroupState.objects.held_back().filter(group=models.OuterRef("group")))
+    return _HELD_BACK[0]
 
 
 class MessageBase(models.Model):
