@@ -15,7 +15,7 @@ from .domain_events import UserSignedUp
 from .events import UserRegistered
 from .models import EquipmentHolding, Profile
 
-logger = logging.getLogger("integration_events")
+logger = logging.getLogger(__name__)
 
 
 # --- domain events: run inside the transaction that saved the user ------------------------

@@ -13,7 +13,6 @@ from django.db.models import F
 from accounts.events import UserDeleted, UserRegistered
 from accounts.topics import AccountsTopics
 from integration_events import MessageContext, domain_handler, publish, subscriber
-from project.faults import inject_demo_fault
 
 from . import services
 from .domain_events import EquipmentAdded, EquipmentStatusSet
@@ -21,7 +20,7 @@ from .events import EquipmentCreated, EquipmentStatusChanged
 from .models import CategoryStock, KnownUser
 from .topics import EquipmentTopics
 
-logger = logging.getLogger("integration_events")
+logger = logging.getLogger(__name__)
 
 
 # --- domain events: run inside the transaction that changed the equipment, in this order ---
@@ -83,7 +82,6 @@ def notify_equipment_created(event: EquipmentCreated, context: MessageContext) -
     if not recipients:
         return
     try:
-        inject_demo_fault(context, event.name)
         send_mail(
             subject=f"New equipment: {event.name}",
             message=(
@@ -121,7 +119,6 @@ def remember_user(event: UserRegistered, context: MessageContext) -> None:
 def hand_back_equipment(event: UserDeleted, context: MessageContext) -> None:
     """Check in everything the deleted user held; each check-in publishes
     EquipmentCheckedIn in this handler's transaction, continuing the event chain."""
-    inject_demo_fault(context, event.email)
     KnownUser.objects.update_or_create(
         user_id=event.user_id,
         defaults={"deleted_at": event.deleted_at},

@@ -13,14 +13,13 @@ from accounts.topics import AccountsTopics
 from equipment.events import EquipmentCheckedIn, EquipmentCreated
 from equipment.topics import EquipmentTopics
 from integration_events import MessageContext, domain_handler, publish, subscriber
-from project.faults import inject_demo_fault
 
 from . import services
 from .domain_events import FileAdded, FileRemoved
 from .events import FileStored
 from .models import FileKind, StorageUsage
 
-logger = logging.getLogger("integration_events")
+logger = logging.getLogger(__name__)
 
 
 # --- domain events: run inside the transaction that adds or deletes the file --------------
@@ -63,7 +62,6 @@ def subtract_from_usage(event: FileRemoved) -> None:
 def purge_deleted_user_files(event: UserDeleted, context: MessageContext) -> None:
     """Delete the user's files. Rows go in this handler's transaction; their content is
     deleted in its on_commit, so a handler that fails and rolls back deletes nothing."""
-    inject_demo_fault(context, event.email)
     count = services.purge_user_files(event.user_id)
     logger.info("user files purged user_id=%s count=%s message_id=%s", event.user_id, count,
                 context.message_id)
@@ -72,7 +70,6 @@ def purge_deleted_user_files(event: UserDeleted, context: MessageContext) -> Non
 @subscriber(EquipmentTopics.EQUIPMENT_CREATED)
 def attach_manual(event: EquipmentCreated, context: MessageContext) -> None:
     """Generate the equipment's manual (the second group EquipmentCreated reaches)."""
-    inject_demo_fault(context, event.name)
     services.generate_file(
         source_message_id=context.message_id,
         name=f"Manual - {event.name}.txt",

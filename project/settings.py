@@ -172,6 +172,8 @@ INTEGRATION_EVENTS: dict[str, Any] = {
     "MAX_ATTEMPTS": int(os.environ.get("IE_MAX_ATTEMPTS", "5")),
     "RETRY_BASE_DELAY": float(os.environ.get("IE_RETRY_BASE_DELAY", "2")),
     "LEASE_SECONDS": float(os.environ.get("IE_LEASE_SECONDS", "30")),
+    # The demo's fault injection ([flaky] / [poison] data, see DEMO_FAULT_INJECTION below).
+    "INSTRUMENTATION": ["project.faults.DemoFaults"],
 }
 
 AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []
@@ -196,8 +198,9 @@ else:  # pragma: no cover - Django 5.2 / 6.0
     EMAIL_FILE_PATH = str(EMAIL_DIR)
 # Who the equipment context notifies when equipment is created (equipment.subscribers).
 EQUIPMENT_NOTIFICATION_RECIPIENTS = ["inventory@example.com"]
-# Demo only: sample handlers fail on data marked "[flaky]" (first attempt) or "[poison]"
-# (every attempt); see project/faults.py. Set IE_DEMO_FAULTS=0 to turn it off.
+# Demo only: the sample contexts' handlers fail on data marked "[flaky]" (first attempt) or
+# "[poison]" (every attempt), injected by an instrumentation (project/faults.py, installed in
+# INTEGRATION_EVENTS above). Set IE_DEMO_FAULTS=0 to turn it off.
 DEMO_FAULT_INJECTION = os.environ.get("IE_DEMO_FAULTS", "1") == "1"
 
 # The configuration docs/logging.md recommends (a root handler; INFO from this library and

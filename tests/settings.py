@@ -20,6 +20,8 @@ INTEGRATION_EVENTS = {
     "FAILED_THRESHOLD_CALLBACK": os.environ.get("IE_FAILED_THRESHOLD_CALLBACK") or None,
     "UNKNOWN_TOPIC_MAX_ATTEMPTS": int(os.environ.get("IE_UNKNOWN_TOPIC_MAX_ATTEMPTS", "10")),
     "HEARTBEAT_INTERVAL": float(os.environ.get("IE_HEARTBEAT_INTERVAL", "30")),
+    # No demo faults in the engine's tests and benchmarks (the sample tests turn them on).
+    "INSTRUMENTATION": [],
     # bench/flow.py compares claim strategies in a qcluster subprocess.
     **({"CLAIM_STRATEGY": os.environ["IE_CLAIM_STRATEGY"]}
        if os.environ.get("IE_CLAIM_STRATEGY") else {}),

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.test import Client
+from django.test import Client, override_settings
 
 from accounts.topics import AccountsTopics
 from equipment.models import Equipment
@@ -80,6 +81,8 @@ def test_seed_demo_no_data_only_makes_the_admin() -> None:
     assert Client().login(username="admin", password=password)
 
 
+@override_settings(INTEGRATION_EVENTS={**settings.INTEGRATION_EVENTS,
+                                       "INSTRUMENTATION": ["project.faults.DemoFaults"]})
 def test_simulate_runs_and_publishes() -> None:
     out = StringIO()
     call_command("simulate", "--count", "40", "--rate", "0", "--seed", "7", "--poison", "1",

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.storage import default_storage
 from django.db.models import Count
+from django.test import override_settings
 
 from accounts import services as accounts
 from accounts.domain_events import UserSignedUp
@@ -221,6 +223,10 @@ def test_the_chain_carries_one_correlation_id_with_increasing_hops() -> None:
     assert receipt.source_message_id == checked_in.pk
 
 
+DEMO_FAULTS = {"INSTRUMENTATION": ["project.faults.DemoFaults"]}
+
+
+@override_settings(INTEGRATION_EVENTS={**settings.INTEGRATION_EVENTS, **DEMO_FAULTS})
 def test_demo_faults_flaky_succeeds_on_retry_and_poison_fails(mailoutbox: list[Any]) -> None:
     equipment.create_equipment(name="Drone [flaky]", category="air")
     equipment.create_equipment(name="Kiln [poison]", category="heat")
@@ -236,8 +242,9 @@ def test_demo_faults_flaky_succeeds_on_retry_and_poison_fails(mailoutbox: list[A
     assert [m.subject for m in mailoutbox] == ["New equipment: Drone [flaky]"]
 
 
-def test_demo_faults_are_off_unless_enabled(settings: Any, mailoutbox: list[Any]) -> None:
-    settings.DEMO_FAULT_INJECTION = False
+@override_settings(INTEGRATION_EVENTS={**settings.INTEGRATION_EVENTS, **DEMO_FAULTS},
+                   DEMO_FAULT_INJECTION=False)
+def test_demo_faults_are_off_unless_enabled(mailoutbox: list[Any]) -> None:
     equipment.create_equipment(name="Kiln [poison]", category="heat")
     deliver_pending()
     assert set(ReceivedMessage.objects.values_list("status", flat=True)) == {
