@@ -64,3 +64,22 @@ def test_without_skip_locked_there_is_no_readpast(mssql_connection) -> None:
     qs = PublishedMessage.objects.due(MessageStatus.PENDING)
     assert "READPAST" not in compile_sql(qs.values_list("pk", flat=True)[:10],
                                          mssql_connection)
+
+
+def test_fan_out_without_ignore_conflicts_compiles_for_sql_server(mssql_connection) -> None:
+    """mssql-django has no INSERT that ignores conflicts: the fan-out reads the (message,
+    group) pairs that exist and inserts the others (dispatch.Dispatcher.insert_receipts)."""
+    assert not mssql_connection.features.supports_ignore_conflicts
+    ids = ["00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000002"]
+    existing = ReceivedMessage.objects.filter(message_id__in=ids).values_list("message_id",
+                                                                              "group")
+    sql = compile_sql(existing, mssql_connection)
+    assert "[message_id] IN" in sql and "[group]" in sql
+    from django.db.models.sql import InsertQuery
+
+    query = InsertQuery(ReceivedMessage)
+    fields = [f for f in ReceivedMessage._meta.concrete_fields if not f.primary_key]
+    query.insert_values(fields, [ReceivedMessage(message_id=ids[0], group="g", topic="t")])
+    (insert_sql, _params), = query.get_compiler(connection=mssql_connection).as_sql()
+    assert insert_sql.startswith("INSERT INTO [integration_events_receivedmessage]")
+    assert "IGNORE" not in insert_sql.upper() and "ON CONFLICT" not in insert_sql.upper()
