@@ -12,6 +12,7 @@ that does not opt out), so a configuration error here keeps a cluster from start
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
@@ -28,6 +29,8 @@ from .conf import (
     read_q_cluster,
     resolve_callback,
 )
+from .events import declarations
+from .registry import all_subscriptions
 
 # {module}.{event} or {module}.{aggregate}.{event}, kebab-case segments.
 TOPIC_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*(\.[a-z][a-z0-9]*(-[a-z0-9]+)*){1,2}$")
@@ -194,9 +197,6 @@ def _database_errors(
 
 @checks.register(checks.Tags.models)
 def check_topics(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    from .events import declarations
-    from .registry import all_subscriptions
-
     decls = declarations()
     errors = _check_declarations(decls)
     for sub in all_subscriptions():
@@ -312,8 +312,6 @@ def _check_subscription(sub: Any, decls: dict[str, Any]) -> list[checks.CheckMes
 
 def _first_annotation(handler: Any) -> str:
     """The first parameter's annotation as written ("" if there is none)."""
-    import inspect
-
     try:
         params = list(inspect.signature(handler).parameters.values())
     except (TypeError, ValueError):

@@ -13,8 +13,10 @@ time instead (raise_event() and publish() refuse the wrong kind).
 from __future__ import annotations
 
 import ast
+import inspect
 import os
 import sys
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +27,7 @@ from django.core import checks
 
 from .domain import DomainEvent, all_domain_handlers
 from .events import IntegrationEvent
+from .registry import all_subscriptions
 
 RAISE_FUNCTIONS = ("raise_event",)
 PUBLISH_FUNCTIONS = ("publish", "publish_many")
@@ -70,11 +73,6 @@ def check_domain_handlers(app_configs: Any = None, **kwargs: Any) -> list[checks
 
 def _subscribers_taking_domain_events() -> list[checks.CheckMessage]:
     """E035: an @subscriber annotated with a domain event (which never reaches the outbox)."""
-    import inspect
-    import typing
-
-    from .registry import all_subscriptions
-
     errors: list[checks.CheckMessage] = []
     for sub in all_subscriptions():
         try:
