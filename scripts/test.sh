@@ -58,6 +58,7 @@ fi
 
 # -- the benchmark harness runs (a smoke: it asserts no times) --------------------------------
 step "bench smoke (bench/run.py --smoke)" $VPY bench/run.py --smoke
+step "bench smoke (bench/flow.py --smoke)" $VPY bench/flow.py --smoke
 fi
 
 # -- the suite ----------------------------------------------------------------------------
