@@ -24,6 +24,7 @@ from integration_events.models import (
 from integration_events.testing import deliver_pending
 from tests.admin_helpers import (
     CHANGE,
+    DASHBOARD_PAGES,
     DELETE,
     LIST_PAGES,
     LIVE,
@@ -70,10 +71,12 @@ def test_messages_cannot_be_added_or_edited(admin_client_: Client) -> None:
     assert message.status == MessageStatus.PENDING
 
 
-# --- permissions ----------------------------------------------------------------------------------
+# --- permissions (the message lists and the dashboard pages alike) --------------------------------
+
+EVERY_PAGE = (*LIST_PAGES, *DASHBOARD_PAGES)
 
 
-@pytest.mark.parametrize("page", LIST_PAGES)
+@pytest.mark.parametrize("page", EVERY_PAGE)
 def test_anonymous_gets_nothing(page: str) -> None:
     publish(ProbeHappened(n=1, text="secret-payload"))
     response = Client().get(reverse(page))
@@ -82,7 +85,7 @@ def test_anonymous_gets_nothing(page: str) -> None:
     assert b"secret-payload" not in response.content
 
 
-@pytest.mark.parametrize("page", LIST_PAGES)
+@pytest.mark.parametrize("page", EVERY_PAGE)
 def test_non_staff_gets_nothing_even_with_permissions(page: str) -> None:
     client = make_user("outsider", staff=False, perms=VIEW + CHANGE + DELETE)
     response = client.get(reverse(page))
@@ -90,7 +93,7 @@ def test_non_staff_gets_nothing_even_with_permissions(page: str) -> None:
     assert "/login/" in response["Location"]
 
 
-@pytest.mark.parametrize("page", LIST_PAGES)
+@pytest.mark.parametrize("page", EVERY_PAGE)
 def test_staff_without_view_permission_is_refused(page: str) -> None:
     client = make_user("bystander")
     response = client.get(reverse(page))
