@@ -1,13 +1,14 @@
 """Ordering keys: what they cost the engine.
 
     IE_DB=postgres .venv/bin/python bench/ordering.py            # the figures in docs/ordering.md
-    IE_DB=postgres .venv/bin/python bench/ordering.py --explain  # plus the claim's plan at 100,000+ rows
+    IE_DB=postgres .venv/bin/python bench/ordering.py --explain  # + the claim plan, 100,000+ rows
 
 1. Throughput in-process (no cluster, no broker: the engine alone): N events fanned out to the
    probe's two groups and run by ``Worker.run_until_idle()``, unkeyed and keyed (the same
    event and handlers, 100 keys, published interleaved as a stream of several keys is),
    alternating which goes first, median deliveries per second of the rounds.
-   On a checkout from before ordering keys it measures the unkeyed rounds only, to compare.
+   On a checkout from before ordering keys it measures the unkeyed rounds only, to compare
+   (so does ``--unkeyed-only``; bench/ordering_before_after.sh alternates the two checkouts).
 2. ``--explain``: the claim's SELECT ... FOR UPDATE SKIP LOCKED, with EXPLAIN ANALYZE, over an
    inbox of 100,000+ rows (keyed and unkeyed, pending and finished), and the time of one
    claim when fewer heads are due than a claim takes (it then reads every waiting row).
@@ -89,7 +90,7 @@ def throughput(count: int, rounds: int, keys: int) -> dict[str, float]:
     keyed: list[float] = []
     with override_settings(INTEGRATION_EVENTS=QUIET):
         for r in range(rounds):
-            variants = [(0, plain)] + ([(keys, keyed)] if HAS_KEYS else [])
+            variants = [(0, plain)] + ([(keys, keyed)] if HAS_KEYS and keys else [])
             for k, sink in (variants if r % 2 == 0 else variants[::-1]):
                 sink.append(one_round(count, k))
                 print(f"  round {r + 1}: {'keyed' if k else 'unkeyed'} {sink[-1]:7.0f}/s",
@@ -198,6 +199,8 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=100)
     parser.add_argument("--explain", action="store_true")
     parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument("--unkeyed-only", action="store_true",
+                        help="unkeyed rounds only (to compare with a checkout from before)")
     args = parser.parse_args()
 
     from django.test.utils import get_runner, setup_test_environment
@@ -205,13 +208,17 @@ def main() -> None:
     setup_test_environment()
     runner = get_runner(django.conf.settings)(verbosity=0, interactive=False)
     old = runner.setup_databases()
+    if os.environ.get("IE_BENCH_DROP_KEY_INDEXES") and HAS_KEYS:  # diagnosis only
+        with connection.cursor() as cursor:
+            for name in ("ie_recv_key", "ie_pub_key"):
+                cursor.execute(f"DROP INDEX {name}")
     try:
         print(f"database: {connection.vendor}  django {django.get_version()}  "
               f"python {sys.version.split()[0]}  ordering keys: {HAS_KEYS}")
         if not args.no_throughput:
             print(f"in-process throughput, {args.events} events x 2 groups, {args.rounds} "
                   f"rounds, keyed: {args.keys} keys", flush=True)
-            r = throughput(args.events, args.rounds, args.keys)
+            r = throughput(args.events, args.rounds, 0 if args.unkeyed_only else args.keys)
             line = f"  median: unkeyed {r['unkeyed']:.0f} deliveries/s"
             if "keyed" in r:
                 line += (f", keyed {r['keyed']:.0f} deliveries/s, keyed/unkeyed "

@@ -17,6 +17,7 @@ from django.db.models import BooleanField, Exists, ExpressionWrapper, F, OuterRe
 
 from .exceptions import IntegrationEventsError
 from .models import (
+    KEYED,
     MAX_ORDERING_KEY_LENGTH,
     UNFINISHED_STATUSES,
     MessageStatus,
@@ -35,9 +36,11 @@ def check_key(key: Any) -> str:
     if not isinstance(key, str):
         raise IntegrationEventsError(
             f"an ordering key is a string, got {type(key).__name__}: pass str(...) of it")
-    if not key:
+    if not key.strip():
+        # Blank too: MariaDB's default collations compare " " equal to "" (unkeyed).
         raise IntegrationEventsError(
-            "an ordering key must not be empty: pass None (or nothing) for an unkeyed message")
+            "an ordering key must not be empty or blank: pass None (or nothing) for an "
+            "unkeyed message")
     if len(key) > MAX_ORDERING_KEY_LENGTH:
         raise IntegrationEventsError(
             f"an ordering key is at most {MAX_ORDERING_KEY_LENGTH} characters, got {len(key)}: "
@@ -82,14 +85,14 @@ def blocker(row: ReceivedMessage) -> PublishedMessage | ReceivedMessage | None:
         return None
     using = row._state.db or "default"
     earlier = ReceivedMessage.objects.using(using).filter(
-        status__in=UNFINISHED_STATUSES, ordering_key=row.ordering_key, group=row.group,
+        **KEYED, status__in=UNFINISHED_STATUSES, ordering_key=row.ordering_key, group=row.group,
         ordering_seq__lt=row.ordering_seq).order_by("ordering_seq")
     first: PublishedMessage | ReceivedMessage | None = earlier.only(
         "id", "status", "message_id", "group", "topic", "ordering_seq").first()
     if first is not None:
         return first
     return PublishedMessage.objects.using(using).filter(
-        status__in=UNFINISHED_STATUSES, ordering_key=row.ordering_key,
+        **KEYED, status__in=UNFINISHED_STATUSES, ordering_key=row.ordering_key,
         ordering_seq__lt=row.ordering_seq).order_by("ordering_seq").only(
         "id", "status", "topic", "ordering_seq").first()
 
@@ -113,10 +116,10 @@ def blocked_keys(using: str = "default", limit: int = BLOCKED_SCAN_LIMIT) -> tup
     rows = list(recv)
     pairs = {(key, group) for key, group, blocking in rows[:limit] if blocking}
     later_messages = PublishedMessage.objects.filter(
-        ordering_key=OuterRef("ordering_key"), ordering_seq__gt=OuterRef("ordering_seq"),
+        **KEYED, ordering_key=OuterRef("ordering_key"), ordering_seq__gt=OuterRef("ordering_seq"),
         status__in=UNFINISHED_STATUSES)
     later_rows = ReceivedMessage.objects.filter(
-        ordering_key=OuterRef("ordering_key"), ordering_seq__gt=OuterRef("ordering_seq"),
+        **KEYED, ordering_key=OuterRef("ordering_key"), ordering_seq__gt=OuterRef("ordering_seq"),
         status__in=UNFINISHED_STATUSES)
     pub = list(PublishedMessage.objects.using(using).filter(
         status=MessageStatus.FAILED, ordering_key__gt="").annotate(

@@ -18,6 +18,7 @@ from .conf import get_settings
 from .exceptions import LeaseExpired
 from .failures import Failures, log_extra, log_fields
 from .models import (
+    KEYED,
     UNFINISHED_STATUSES,
     MessageBase,
     MessageStatus,
@@ -41,7 +42,7 @@ def blocking(model: type[MessageBase]) -> Q:
     if model is ReceivedMessage:
         later = Q(Exists(later_receipts()))
     else:
-        of_key = {"ordering_key": OuterRef("ordering_key"),
+        of_key = {**KEYED, "ordering_key": OuterRef("ordering_key"),
                   "ordering_seq__gt": OuterRef("ordering_seq"),
                   "status__in": UNFINISHED_STATUSES}
         later = Exists(PublishedMessage.objects.filter(**of_key)) | Exists(

@@ -91,6 +91,7 @@ def test_publish_many_numbers_each_key_in_list_order() -> None:
 
 @pytest.mark.parametrize("key, why", [
     ("", "must not be empty"),
+    ("   ", "must not be empty or blank"),
     ("k" * 256, "at most 255 characters"),
     (42, "is a string"),
     ("a\x00b", "NUL"),

@@ -16,6 +16,7 @@ from django.views.generic import RedirectView
 from .. import ordering
 from ..models import (
     ACTIVE_STATUSES,
+    KEYED,
     MessageStatus,
     PublishedMessage,
     ReceivedMessage,
@@ -45,7 +46,7 @@ class KeyFilter(admin.SimpleListFilter):
         value = self.value()
         if not value:
             return queryset
-        return queryset.filter(status__in=list(MessageStatus), ordering_key=value)
+        return queryset.filter(**KEYED, status__in=list(MessageStatus), ordering_key=value)
 
 
 class BlockingFilter(admin.SimpleListFilter):
