@@ -12,8 +12,10 @@ for i in $(seq "$runs"); do
   sides="before after"; [ $((i % 2)) = 0 ] && sides="after before"
   for side in $sides; do
     dir=$here; [ "$side" = before ] && dir=$before
-    rate=$(cd "$dir" && IE_DB_NAME="bench_ordering_$side" "$here/.venv/bin/python" \
-      bench/ordering.py --unkeyed-only --rounds 3 "${@:3}" | sed -n 's/.*median: unkeyed \([0-9]*\).*/\1/p')
-    echo "$i $side $rate"
+    out=$(cd "$dir" && IE_DB_NAME="bench_ordering_$side" "$here/.venv/bin/python" \
+      bench/ordering.py --unkeyed-only --rounds 3 "${@:3}")
+    wall=$(echo "$out" | sed -n 's/.*median: unkeyed \([0-9]*\).*/\1/p')
+    cpu=$(echo "$out" | sed -n 's/.*per CPU second.*unkeyed \([0-9]*\).*/\1/p')
+    echo "$i $side wall=$wall/s cpu=$cpu/CPU-s"
   done
 done
