@@ -233,10 +233,6 @@ def main() -> None:
     setup_test_environment()
     runner = get_runner(django.conf.settings)(verbosity=0, interactive=False)
     old = runner.setup_databases()
-    if os.environ.get("IE_BENCH_DROP_KEY_INDEXES") and HAS_KEYS:  # diagnosis only
-        with connection.cursor() as cursor:
-            for name in ("ie_recv_key", "ie_pub_key"):
-                cursor.execute(f"DROP INDEX {name}")
     try:
         print(f"database: {connection.vendor}  django {django.get_version()}  "
               f"python {sys.version.split()[0]}  ordering keys: {HAS_KEYS}")
