@@ -25,6 +25,7 @@ from django.utils import timezone
 from .events import declarations
 from .models import MessageStatus, PublishedMessage, ReceivedMessage, WorkerNode
 from .nodes import alive_nodes
+from .ordering import blocked_keys
 from .registry import Subscription, all_subscriptions
 
 logger = logging.getLogger("integration_events")
@@ -346,7 +347,14 @@ def live_rates(now: datetime | None = None, using: str = "default") -> dict[str,
             "published": oldest_due(PublishedMessage, now, using),
             "received": oldest_due(ReceivedMessage, now, using),
         },
+        # Ordering keys held back by a dead letter (bounded: see ordering.blocked_keys).
+        "blocked_keys": _blocked_keys_text(using),
     }
+
+
+def _blocked_keys_text(using: str) -> str:
+    count, capped = blocked_keys(using)
+    return f"{count}+" if capped else str(count)
 
 
 def rate_chart(live: dict[str, Any]) -> Chart:

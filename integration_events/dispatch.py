@@ -95,7 +95,8 @@ class Dispatcher:
         messages were fanned out (0 if the lease on any of them was lost)."""
         inbox = [
             ReceivedMessage(message_id=row.pk, group=group, topic=row.topic,
-                            handler=sub.dotted_path)
+                            handler=sub.dotted_path, ordering_key=row.ordering_key,
+                            ordering_seq=row.ordering_seq)
             for row, subs in routed for group, sub in subs.items()
         ]
         pks = [row.pk for row, _ in routed]

@@ -3,7 +3,11 @@
 A published message is one row per event. The worker fans it out into one received message
 per subscriber group (unique on message and group) and runs each group's handler. Both tables
 share the status lifecycle below; rows change only through the worker's compare-and-set
-updates and the functions in ``integration_events.operations`` (requeue, publish now).
+updates and the functions in ``integration_events.operations`` (requeue, publish now, skip).
+
+A message published with an ordering key carries it (and its place in the key's commit order,
+``ordering_seq``) to every inbox row; ``MessageQuerySet.claimable`` then lets an inbox row of a
+key start only once every earlier row of the key in its group has finished (docs/ordering.md).
 """
 
 from __future__ import annotations
@@ -50,11 +54,27 @@ class MessageStatus(models.TextChoices):
     """Done. Deleted SUCCEEDED_EXPIRY seconds after finished_at."""
     FAILED = "failed", "Failed"
     """Gave up (the dead letter): the retry limit was reached or the input can never be
-    processed. last_error says why. An admin can requeue it."""
+    processed. last_error says why. An admin can requeue it. A keyed dead letter blocks the
+    later messages of its ordering key (in its group) until it is requeued or skipped."""
+    SKIPPED = "skipped", "Skipped"
+    """An operator chose not to run it (``operations.skip_received``): finished without
+    running, so the later messages of its ordering key go on. Deleted FAILED_EXPIRY seconds
+    after finished_at."""
 
 
 ACTIVE_STATUSES = (MessageStatus.PENDING, MessageStatus.RETRYING)
-TERMINAL_STATUSES = (MessageStatus.SUCCEEDED, MessageStatus.FAILED)
+TERMINAL_STATUSES = (MessageStatus.SUCCEEDED, MessageStatus.FAILED, MessageStatus.SKIPPED)
+# Not finished, as far as the order of a key goes: a row in one of these holds back the later
+# rows of its key (a dead letter too, until an operator requeues or skips it).
+UNFINISHED_STATUSES = (MessageStatus.PENDING, MessageStatus.RETRYING, MessageStatus.PROCESSING,
+                       MessageStatus.FAILED)
+# The longest ordering key (the column's length).
+MAX_ORDERING_KEY_LENGTH = 255
+# Keyed rows. The ordering indexes are partial on this condition (PostgreSQL, SQLite: unkeyed
+# rows cost them nothing), and every query meant to use them repeats it, so that the planner
+# can prove the index applies. MariaDB has no partial indexes: Django creates them there as full
+# indexes (check models.W037, which django-q2's Task model raises already).
+KEYED = {"ordering_key__gt": ""}
 
 
 def after(seconds: float) -> Any:
@@ -123,12 +143,21 @@ class MessageQuerySet(models.QuerySet[M]):
 
     def claimable(self, status: str) -> MessageQuerySet[M]:
         """Due rows of ``status`` that may be claimed now: for inbox rows, not of a group that
-        is paused or backing off (a NOT EXISTS probe on GroupState's primary key, in the same
-        statement; a locking read does not lock the subquery's rows)."""
+        is paused or backing off (a NOT EXISTS probe on GroupState's primary key), and, for a
+        keyed row, the first unfinished one of its key in its group (``in_turn``). All in
+        the same statement; a locking read does not lock the subqueries' rows."""
         due = self.due(status)
         if not _has_group(self.model):
             return due
-        return due.exclude(models.Exists(_held_back_group()))
+        return due.exclude(models.Exists(_held_back_group())).in_turn()
+
+    def in_turn(self) -> MessageQuerySet[M]:
+        """Inbox rows that nothing ahead of them in their key's order holds back: unkeyed
+        rows, and keyed rows with no earlier unfinished row of their key in their group and
+        no earlier message of their key still to be fanned out. Two NOT EXISTS probes, each
+        an index seek (ie_recv_key, ie_pub_key), evaluated for keyed rows only."""
+        return self.filter(models.Q(ordering_key="") | (
+            ~models.Exists(earlier_receipts()) & ~models.Exists(earlier_messages())))
 
     def next_due_in(self) -> float | None:
         """Seconds until the first waiting row that could be claimed falls due (negative:
@@ -141,7 +170,8 @@ class MessageQuerySet(models.QuerySet[M]):
             rows = self.filter(status=status)
             if grouped:
                 rows = rows.exclude(models.Exists(
-                    GroupState.objects.held_back().filter(group=models.OuterRef("group"))))
+                    GroupState.objects.held_back().filter(group=models.OuterRef("group"))
+                )).in_turn()
             first = rows.order_by("next_attempt_at").annotate(db_now=Now()).values_list(
                 "next_attempt_at", "db_now")[:1]
             soonest += [(due - now).total_seconds() for due, now in first]
@@ -159,6 +189,30 @@ class MessageQuerySet(models.QuerySet[M]):
     def expired_terminal(self) -> MessageQuerySet[M]:
         """Finished rows past their expiry; repeat it on the DELETE itself (see sweep)."""
         return self.filter(status__in=TERMINAL_STATUSES, expires_at__lt=Now())
+
+
+def earlier_receipts() -> models.QuerySet[ReceivedMessage]:
+    """For an outer inbox row: the unfinished inbox rows of its key in its group that come
+    before it (for a NOT EXISTS probe; ie_recv_key)."""
+    return ReceivedMessage.objects.filter(
+        **KEYED, status__in=UNFINISHED_STATUSES, ordering_key=models.OuterRef("ordering_key"),
+        group=models.OuterRef("group"), ordering_seq__lt=models.OuterRef("ordering_seq"))
+
+
+def earlier_messages() -> models.QuerySet[PublishedMessage]:
+    """For an outer inbox row: the messages of its key that come before it and are not
+    fanned out yet (or are dead letters of the outbox); ie_pub_key."""
+    return PublishedMessage.objects.filter(
+        **KEYED, status__in=UNFINISHED_STATUSES, ordering_key=models.OuterRef("ordering_key"),
+        ordering_seq__lt=models.OuterRef("ordering_seq"))
+
+
+def later_receipts() -> models.QuerySet[ReceivedMessage]:
+    """For an outer inbox row: the unfinished inbox rows of its key in its group that come
+    after it (what a dead letter blocks)."""
+    return ReceivedMessage.objects.filter(
+        **KEYED, status__in=UNFINISHED_STATUSES, ordering_key=models.OuterRef("ordering_key"),
+        group=models.OuterRef("group"), ordering_seq__gt=models.OuterRef("ordering_seq"))
 
 
 MessageManager = models.Manager.from_queryset(MessageQuerySet)
@@ -204,6 +258,11 @@ class MessageBase(models.Model):
     # The kind of the last failure (the exception's class name, e.g. "InvalidMessage",
     # "LeaseExpired"), set with last_error. A row back from an expired lease is claimed alone.
     error_type = models.CharField(max_length=100, blank=True, default="", db_default="")
+    # The ordering key ("" for none) and the message's place in its commit order: per key
+    # (and per group for inbox rows), a row starts only after the earlier ones finished.
+    ordering_key = models.CharField(max_length=MAX_ORDERING_KEY_LENGTH, blank=True,
+                                    default="", db_default="")
+    ordering_seq = models.PositiveBigIntegerField(null=True, blank=True)
 
     objects: ClassVar[MessageManager[Any]] = MessageManager()
 
@@ -241,6 +300,11 @@ class PublishedMessage(MessageBase):
             models.Index(fields=["expires_at"], name="ie_pub_expires"),
             models.Index(fields=["correlation_id"], name="ie_pub_corr"),
             models.Index(fields=["causation_id"], name="ie_pub_cause"),
+            # Ordering: "an earlier message of this key not fanned out yet" is one seek per
+            # unfinished status (finished rows stay until they expire: without the status,
+            # each probe would read every earlier finished row of the key).
+            models.Index(fields=["status", "ordering_key", "ordering_seq"], name="ie_pub_key",
+                         condition=models.Q(**KEYED)),
         ]
 
     def __str__(self) -> str:
@@ -308,6 +372,10 @@ class ReceivedMessage(MessageBase):
             models.Index(fields=["expires_at"], name="ie_recv_expires"),
             # Failure triage: dead letters by error type (integration_events.triage).
             models.Index(fields=["status", "error_type"], name="ie_recv_triage"),
+            # Ordering: "an earlier unfinished row of this key in this group" (the claim),
+            # "a later one" (the sweep, the admin), keyed dead letters (the overview).
+            models.Index(fields=["status", "ordering_key", "group", "ordering_seq"],
+                         name="ie_recv_key", condition=models.Q(**KEYED)),
         ]
 
     def __str__(self) -> str:
@@ -320,6 +388,22 @@ class ReceivedMessage(MessageBase):
         if self.last_error:
             headers["exception"] = self.last_error.split("\n", 1)[0]
         return headers
+
+
+class OrderingKey(models.Model):
+    """The commit order of one ordering key: publishing a keyed message locks this row
+    (until the publishing transaction ends) and takes ``last_seq + 1``, so the message that
+    commits first has the smaller sequence number. One row per key ever published."""
+
+    key = models.CharField(max_length=MAX_ORDERING_KEY_LENGTH, primary_key=True)
+    last_seq = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "ordering key"
+        verbose_name_plural = "ordering keys"
+
+    def __str__(self) -> str:
+        return f"{self.key} #{self.last_seq}"
 
 
 class GroupStateQuerySet(models.QuerySet["GroupState"]):

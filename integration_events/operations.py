@@ -1,5 +1,5 @@
 """Operator actions (the admin calls these; so can you): requeue, re-execute, publish now,
-pause and resume a group.
+skip, pause and resume a group.
 
 Each returns how many rows it changed and, given ``on_changed``, calls it inside its
 transaction with the primary keys of exactly those rows (the admin writes its audit entries
@@ -16,6 +16,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 
+from .conf import get_settings
 from .handoff import nudge
 from .models import (
     ACTIVE_STATUSES,
@@ -23,6 +24,7 @@ from .models import (
     MessageStatus,
     PublishedMessage,
     ReceivedMessage,
+    after,
 )
 
 _NOT_RUNNING = ~Q(status=MessageStatus.PROCESSING)
@@ -79,12 +81,12 @@ def requeue_published(
     items: Iterable[PublishedMessage | Any], using: str = DEFAULT_DB_ALIAS,
     *, on_changed: ChangedHook | None = None,
 ) -> int:
-    """Send these messages again: a failed one is fanned out afresh; a succeeded one has every
-    group's inbox row run again. Returns the number of messages requeued."""
+    """Send these messages again: a failed (or skipped) one is fanned out afresh; a succeeded
+    one has every group's inbox row run again. Returns the number of messages requeued."""
     pks = _pks(items)
     with transaction.atomic(using=using):
         published = PublishedMessage.objects.using(using).filter(pk__in=pks)
-        keys = _reset(published.filter(status=MessageStatus.FAILED))
+        keys = _reset(published.filter(status__in=(MessageStatus.FAILED, MessageStatus.SKIPPED)))
         succeeded = _locked_keys(published.filter(status=MessageStatus.SUCCEEDED))
         if succeeded:
             _reset(ReceivedMessage.objects.using(using).filter(message_id__in=succeeded))
@@ -107,6 +109,55 @@ def publish_now(
         if keys and waiting.filter(pk__in=keys).update(next_attempt_at=Now()) != len(keys):
             # No row locks on this database and a worker claimed a row in between.
             keys = list(waiting.filter(pk__in=keys).values_list("pk", flat=True))
+        if on_changed is not None and keys:
+            on_changed(keys)
+        transaction.on_commit(lambda: nudge(using), using=using, robust=True)
+    return len(keys)
+
+
+# What may be skipped: a dead letter, or a row waiting for an attempt (never a running one).
+SKIPPABLE = (MessageStatus.FAILED, MessageStatus.PENDING, MessageStatus.RETRYING)
+
+
+def _skip(qs: Any) -> list[Any]:
+    """Mark the skippable rows of ``qs`` skipped; returns their keys."""
+    skippable = qs.filter(status__in=SKIPPABLE)
+    keys = _locked_keys(skippable)
+    if not keys:
+        return []
+    changed = skippable.filter(pk__in=keys).update(
+        status=MessageStatus.SKIPPED, finished_at=Now(),
+        expires_at=after(get_settings().FAILED_EXPIRY), lease_token=None, lease_until=None)
+    if changed != len(keys):
+        # No row locks on this database and a worker claimed a row in between.
+        keys = list(qs.filter(pk__in=keys, status=MessageStatus.SKIPPED)
+                    .values_list("pk", flat=True))
+    return keys
+
+
+def skip_received(
+    items: Iterable[ReceivedMessage | int], using: str = DEFAULT_DB_ALIAS,
+    *, on_changed: ChangedHook | None = None,
+) -> int:
+    """Never run these inbox rows (failed, pending or retrying; not a running one): they are
+    finished as skipped, so the later messages of their ordering key go on. Kept like a dead
+    letter (FAILED_EXPIRY). Returns the number of rows skipped."""
+    with transaction.atomic(using=using):
+        keys = _skip(ReceivedMessage.objects.using(using).filter(pk__in=_pks(items)))
+        if on_changed is not None and keys:
+            on_changed(keys)
+        transaction.on_commit(lambda: nudge(using), using=using, robust=True)
+    return len(keys)
+
+
+def skip_published(
+    items: Iterable[PublishedMessage | Any], using: str = DEFAULT_DB_ALIAS,
+    *, on_changed: ChangedHook | None = None,
+) -> int:
+    """Never fan these messages out (failed, pending or retrying ones): finished as skipped,
+    so the later messages of their ordering key go on. Returns the number skipped."""
+    with transaction.atomic(using=using):
+        keys = _skip(PublishedMessage.objects.using(using).filter(pk__in=_pks(items)))
         if on_changed is not None and keys:
             on_changed(keys)
         transaction.on_commit(lambda: nudge(using), using=using, robust=True)

@@ -53,6 +53,8 @@ class SweepStats:
     dead: int = 0
     deleted_published: int = 0
     deleted_received: int = 0
+    # Expired keyed dead letters left in place because later rows of their key wait on them.
+    kept_blocking: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections, models
+from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -21,6 +21,7 @@ from .exceptions import HopLimitExceeded, IntegrationEventsError
 from .handoff import hand_off_after_commit, nudge
 from .instrumentation import get_hooks
 from .models import PublishedMessage, uuid7
+from .ordering import check_key, sequence_counts, take_sequence
 from .signals import message_published
 
 __all__ = ["nudge", "publish", "publish_many"]
@@ -107,29 +108,48 @@ def _build(
     return message
 
 
+def _ordering_key(event: IntegrationEvent, explicit: str | None) -> str | None:
+    """The message's ordering key: ``explicit``, else the event class's key field, else None."""
+    if explicit is not None:
+        return check_key(explicit)
+    try:
+        value = event.ordering_key_value() if isinstance(event, IntegrationEvent) else None
+    except ValueError as exc:
+        raise IntegrationEventsError(str(exc)) from None
+    return None if value is None else check_key(value)
+
+
 def publish(
     event: IntegrationEvent,
     *,
+    ordering_key: str | None = None,
     delay: Delay = None,
     headers: Mapping[str, Any] | None = None,
     using: str | None = None,
 ) -> PublishedMessage:
     """Store ``event`` in the outbox in the current transaction and deliver it after commit.
 
-    ``delay`` (seconds, a timedelta, or an aware datetime) postpones delivery. ``headers`` are
-    stored with the message and passed to handlers. ``using`` picks the database alias; the
-    message and its inbox rows live there. Returns the stored PublishedMessage.
+    ``ordering_key`` (or the event class's ``ordering_key`` field) makes the message run
+    after every message of the same key committed before it, in each group (see
+    docs/ordering.md). ``delay`` (seconds, a timedelta, or an aware datetime) postpones
+    delivery. ``headers`` are stored with the message and passed to handlers. ``using`` picks
+    the database alias; the message and its inbox rows live there. Returns the stored
+    PublishedMessage.
     """
     alias = using or DEFAULT_DB_ALIAS
     due = _due_expression(delay)
     message = _build(event, due=due, headers=headers)
+    key = _ordering_key(event, ordering_key)
     with get_hooks().publish(message, event):
-        if due is None:
-            _insert(message, alias)
+        if key is None:
+            _store(message, alias, due)
         else:
-            message.save(using=alias, force_insert=True)
-            if not isinstance(message.next_attempt_at, datetime):
-                message.refresh_from_db(using=alias, fields=["next_attempt_at"])
+            # The key's lock and the row commit together (in autocommit mode too): a later
+            # number can never commit before an earlier one.
+            with transaction.atomic(using=alias, savepoint=False):
+                message.ordering_key = key
+                message.ordering_seq = take_sequence(alias, {key: 1})[key]
+                _store(message, alias, due)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
             "published message_id=%s topic=%s correlation_id=%s", message.id, message.topic,
@@ -142,31 +162,59 @@ def publish(
     return message
 
 
+def _store(message: PublishedMessage, alias: str, due: Any) -> None:
+    if due is None:
+        _insert(message, alias)
+        return
+    message.save(using=alias, force_insert=True)
+    if not isinstance(message.next_attempt_at, datetime):
+        message.refresh_from_db(using=alias, fields=["next_attempt_at"])
+
+
 def publish_many(
     events: Iterable[IntegrationEvent],
     *,
+    ordering_key: str | None = None,
     delay: Delay = None,
     headers: Mapping[str, Any] | None = None,
     using: str | None = None,
     batch_size: int = 1000,
 ) -> list[PublishedMessage]:
-    """Store many events in the outbox with one INSERT per ``batch_size`` and hand off once."""
+    """Store many events in the outbox with one INSERT per ``batch_size`` and hand off once.
+
+    ``ordering_key`` gives every event that key, in the order given; without it each event
+    takes its class's key field, if any. Messages of one key run in the order of the list."""
     alias = using or DEFAULT_DB_ALIAS
     due = _due_expression(delay)
     pairs = [(event, _build(event, due=due, headers=headers)) for event in events]
     messages = [m for _, m in pairs]
     if not messages:
         return []
+    keys = [_ordering_key(event, ordering_key) for event, _ in pairs]
     hooks = get_hooks()
     with contextlib.ExitStack() as stack:
         if hooks.active:
             for event, message in pairs:
                 stack.enter_context(hooks.publish(message, event))
+        if any(keys):
+            stack.enter_context(transaction.atomic(using=alias, savepoint=False))
+            _number(messages, keys, take_sequence(alias, sequence_counts(keys)))
         PublishedMessage.objects.using(alias).bulk_create(messages, batch_size=batch_size)
     for event, message in pairs:
         message_published.send(sender=PublishedMessage, message=message, event=event)
     hand_off_after_commit(alias)
     return messages
+
+
+def _number(messages: list[PublishedMessage], keys: list[str | None], first: dict[str, int]
+            ) -> None:
+    """Give each keyed message its key and the next number of its key, in list order."""
+    following = dict(first)
+    for message, key in zip(messages, keys, strict=True):
+        if key:
+            message.ordering_key = key
+            message.ordering_seq = following[key]
+            following[key] += 1
 
 
 # --- the hot path: one INSERT without the ORM's per-call compilation -----------------------

@@ -1,4 +1,9 @@
-"""The sweep (every minute): release expired claims and delete expired finished rows."""
+"""The sweep (every minute): release expired claims and delete expired finished rows.
+
+A keyed dead letter that still holds back later messages of its key is not deleted when it
+expires (that would release them silently): the sweep keeps it, logs it and counts it until an
+operator requeues or skips it (docs/ordering.md).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,43 @@ import logging
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Now
 
 from .conf import get_settings
 from .exceptions import LeaseExpired
 from .failures import Failures, log_extra, log_fields
-from .models import MessageBase, MessageStatus, PublishedMessage, ReceivedMessage
+from .models import (
+    KEYED,
+    UNFINISHED_STATUSES,
+    MessageBase,
+    MessageStatus,
+    PublishedMessage,
+    ReceivedMessage,
+    later_receipts,
+)
 from .registry import default_retry, get_subscription, unknown_topic_retry
 from .retry import Decision, GiveUp, Retry, RetryStrategy
 
 logger = logging.getLogger("integration_events")
+
+# How many kept dead letters a sweep names in its log line.
+KEPT_LOGGED = 10
+
+
+def blocking(model: type[MessageBase]) -> Q:
+    """Keyed dead letters of ``model`` that hold back later unfinished rows of their key: in
+    their group (inbox), or anywhere (an outbox dead letter blocks every group)."""
+    later: Q
+    if model is ReceivedMessage:
+        later = Q(Exists(later_receipts()))
+    else:
+        of_key = {**KEYED, "ordering_key": OuterRef("ordering_key"),
+                  "ordering_seq__gt": OuterRef("ordering_seq"),
+                  "status__in": UNFINISHED_STATUSES}
+        later = Exists(PublishedMessage.objects.filter(**of_key)) | Exists(
+            ReceivedMessage.objects.filter(**of_key))
+    return Q(status=MessageStatus.FAILED) & ~Q(ordering_key="") & Q(later)
 
 
 class Sweeper:
@@ -90,11 +121,33 @@ class Sweeper:
                 return deleted
 
     def delete_all_expired(self) -> tuple[int, int]:
-        """Expired receipts first, then expired published messages with no receipt left.
-        Returns (published deleted, received deleted)."""
-        received = self.delete_expired(ReceivedMessage)
+        """Expired receipts first, then expired published messages with no receipt left;
+        keyed dead letters that block their key stay (``kept_blocking``). Returns (published
+        deleted, received deleted)."""
+        received = self.delete_expired(ReceivedMessage, ~blocking(ReceivedMessage))
         # NOT EXISTS per candidate row (an index probe on the receipts' message_id), not a
         # NOT IN over every receipt in the table.
         published = self.delete_expired(
-            PublishedMessage, ~Exists(ReceivedMessage.objects.filter(message_id=OuterRef("pk"))))
+            PublishedMessage, ~Exists(ReceivedMessage.objects.filter(message_id=OuterRef("pk"))),
+            ~blocking(PublishedMessage))
         return published, received
+
+    def kept_blocking(self) -> int:
+        """Expired dead letters left in place because they block their ordering key: logged
+        (a warning naming some of them) and counted, every sweep, until an operator acts."""
+        kept = 0
+        for model in (ReceivedMessage, PublishedMessage):
+            rows = list(model.objects.using(self.using).expired_terminal()
+                        .filter(blocking(model)).order_by("expires_at")
+                        .values_list("pk", "ordering_key")[:get_settings().CLEANUP_BATCH_SIZE])
+            if not rows:
+                continue
+            kept += len(rows)
+            named = " ".join(f"{pk}:{key}" for pk, key in rows[:KEPT_LOGGED])
+            logger.warning(
+                "sweep kept expired dead letters that block their ordering key alias=%s "
+                "model=%s kept=%s rows=%s (requeue or skip them: docs/ordering.md)",
+                self.using, model._meta.model_name, len(rows), named, extra={
+                    "alias": self.using, "model": model._meta.model_name, "kept": len(rows),
+                    "rows": [str(pk) for pk, _ in rows[:KEPT_LOGGED]]})
+        return kept

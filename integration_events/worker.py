@@ -116,6 +116,7 @@ class Worker:
             stats.released += released
             stats.dead += dead
         stats.deleted_published, stats.deleted_received = self.sweeper.delete_all_expired()
+        stats.kept_blocking = self.sweeper.kept_blocking()
         delete_old_grants(self.using)
         if stats.released or stats.dead or stats.deleted_published or stats.deleted_received:
             logger.info(

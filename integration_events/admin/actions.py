@@ -1,4 +1,4 @@
-"""The admin's actions: requeue, publish now, re-execute. Each hands the selected keys to
+"""The admin's actions: requeue, publish now, re-execute, skip. Each hands the selected keys to
 ``integration_events.operations`` a thousand at a time and writes one admin LogEntry per row
 it changed (in the operation's transaction), shown on that row's history page."""
 
@@ -92,10 +92,10 @@ def requeue(model_admin: Any, request: HttpRequest, queryset: QuerySet[Published
             ) -> None:
     # A succeeded message is requeued by running its received rows again: their permission.
     rerun = permissions.may_rerun_receipts(request, model_admin.admin_site)
-    only = None if rerun else {"status": MessageStatus.FAILED}
+    only = None if rerun else {"status__in": (MessageStatus.FAILED, MessageStatus.SKIPPED)}
     done, selected = in_batches(operations.requeue_published, request, queryset,
                                 lambda row: f"Requeued ({_was(row)})", only)
-    why = "only failed or succeeded messages can be requeued"
+    why = "only failed, skipped or succeeded messages can be requeued"
     if not rerun:
         why += ("; a succeeded one runs its received rows again, which needs the change "
                 "permission on received messages")
@@ -122,3 +122,23 @@ def reexecute(model_admin: Any, request: HttpRequest, queryset: QuerySet[Receive
                     f"{'' if row.attempts == 1 else 's'})")
     model_admin.report(request, done, selected, "queued to run again",
                        "a message being processed now cannot be re-executed")
+
+
+SKIP_WHY = "only failed, pending or retrying messages can be skipped (not one being processed)"
+
+
+@admin.action(description="Skip selected messages (never run them; their ordering key goes on)",
+              permissions=["change"], **ON_DETAIL_PAGE_TOO)
+def skip(model_admin: Any, request: HttpRequest, queryset: QuerySet[ReceivedMessage]) -> None:
+    done, selected = in_batches(operations.skip_received, request, queryset,
+                                lambda row: f"Skipped ({_was(row)})")
+    model_admin.report(request, done, selected, "skipped", SKIP_WHY)
+
+
+@admin.action(description="Skip selected messages (never fan them out; their ordering key "
+                          "goes on)", permissions=["change"], **ON_DETAIL_PAGE_TOO)
+def skip_published(model_admin: Any, request: HttpRequest,
+                   queryset: QuerySet[PublishedMessage]) -> None:
+    done, selected = in_batches(operations.skip_published, request, queryset,
+                                lambda row: f"Skipped ({_was(row)})")
+    model_admin.report(request, done, selected, "skipped", SKIP_WHY)

@@ -21,6 +21,7 @@ STATUS_COLOURS: dict[str, str] = {
     MessageStatus.RETRYING: "#fd7e14",
     MessageStatus.SUCCEEDED: "#198754",
     MessageStatus.FAILED: "#dc3545",
+    MessageStatus.SKIPPED: "#6f42c1",
 }
 
 # One date format on every page of the dashboard (lists, details, nodes, tables).

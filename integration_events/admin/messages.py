@@ -6,20 +6,63 @@ import uuid
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, Q, QuerySet
 from django.http import HttpRequest
 from django.urls import URLPattern, path
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.views.generic import RedirectView
 
-from ..models import PublishedMessage, ReceivedMessage
+from .. import ordering
+from ..models import (
+    ACTIVE_STATUSES,
+    KEYED,
+    MessageStatus,
+    PublishedMessage,
+    ReceivedMessage,
+    later_receipts,
+)
 from . import actions, display, permissions
 from .base import GroupFilter, MessageAdmin, TopicFilter
 
 DATE_FILTER = ("created_at", admin.DateFieldListFilter)
 DATE_LOOKUPS = frozenset({"created_at__gte", "created_at__lt"})
 TIMES = ("created", "next_attempt", "finished", "expires", "claimed_by", "lease")
+ORDERING_FIELDS = ("ordering_key", "ordering_seq")
+
+
+class KeyFilter(admin.SimpleListFilter):
+    """The rows of one ordering key (``?ordering_key=``; the "blocked by" links use it). One
+    seek per status on the ie_*_key index."""
+
+    title = "ordering key"
+    parameter_name = "ordering_key"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        value = self.value()
+        return [(value, value)] if value else []
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if not value:
+            return queryset
+        return queryset.filter(**KEYED, status__in=list(MessageStatus), ordering_key=value)
+
+
+class BlockingFilter(admin.SimpleListFilter):
+    """Keyed dead letters that hold back later rows of their key (the overview links here)."""
+
+    title = "ordering"
+    parameter_name = "blocking"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "dead letters blocking their key")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() != "yes":
+            return queryset
+        return queryset.filter(status=MessageStatus.FAILED, ordering_key__gt="").filter(
+            Exists(later_receipts()))
 
 
 def _column_headers(obj: PublishedMessage) -> list[tuple[str, Any]]:
@@ -39,12 +82,14 @@ class PublishedMessageAdmin(MessageAdmin):
     ie_page = "published"
     list_display = ("id", "topic_path", "status_and_due", "attempts", "created",
                     "error_summary")
-    list_filter = ("status", TopicFilter, DATE_FILTER)
-    allowed_lookups = frozenset({"status__exact", "topic"}) | DATE_LOOKUPS
-    actions = (actions.requeue, actions.publish_now)
+    list_filter = ("status", TopicFilter, DATE_FILTER, KeyFilter)
+    allowed_lookups = frozenset({"status__exact", "topic", "ordering_key"}) | DATE_LOOKUPS
+    actions = (actions.requeue, actions.publish_now, actions.skip_published)
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
-        main = ("id", "topic", "badge", "attempts", *TIMES)
+        main: tuple[str, ...] = ("id", "topic", "badge", "attempts", *TIMES)
+        if obj is not None and obj.ordering_key:
+            main += ORDERING_FIELDS
         sets: list[tuple[str | None, dict[str, Any]]] = [(None, {"fields": main})]
         if obj is not None and obj.last_error:
             sets.append(("Outcome" if display.error_kind(obj) == "note" else "Error",
@@ -154,10 +199,11 @@ class ReceivedMessageAdmin(MessageAdmin):
     ie_page = "received"
     list_display = ("id", "topic_path", "group", "status_and_due", "attempts", "created",
                     "error_summary")
-    list_filter = ("status", GroupFilter, TopicFilter, DATE_FILTER)
-    allowed_lookups = frozenset({"status__exact", "group", "topic"}) | DATE_LOOKUPS
+    list_filter = ("status", GroupFilter, TopicFilter, DATE_FILTER, BlockingFilter, KeyFilter)
+    allowed_lookups = frozenset({"status__exact", "group", "topic", "blocking",
+                                 "ordering_key"}) | DATE_LOOKUPS
     content_lookup = "message__content__icontains"
-    actions = (actions.reexecute,)
+    actions = (actions.reexecute, actions.skip)
     search_help_text = (
         "A message id finds its received rows (one per group); a number finds that row; other "
         "text matches topics. Prefix with content: to search payloads (a full scan on big "
@@ -167,8 +213,10 @@ class ReceivedMessageAdmin(MessageAdmin):
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         # Without view on published messages, the message's own data stays hidden.
         shown = permissions.may_view_payloads(request, self.admin_site)
-        main = ("id", "message_link" if shown else "message_id", "topic", "group",
-                "handler_path", "badge", "attempts", *TIMES)
+        main: tuple[str, ...] = ("id", "message_link" if shown else "message_id", "topic",
+                                 "group", "handler_path", "badge", "attempts", *TIMES)
+        if obj is not None and obj.ordering_key:
+            main += (*ORDERING_FIELDS, "blocked_by")
         sets: list[tuple[str | None, dict[str, Any]]] = [(None, {"fields": main})]
         if obj is not None and obj.last_error:
             title = {"note": "Outcome", "history": "Earlier attempt"}.get(
@@ -180,6 +228,43 @@ class ReceivedMessageAdmin(MessageAdmin):
 
     def search_by_key(self, key: uuid.UUID) -> Q:
         return Q(message_id=key)
+
+    # --- ordering -----------------------------------------------------------------------------
+
+    @admin.display(description="status")
+    def status_and_due(self, obj: PublishedMessage | ReceivedMessage) -> SafeString:
+        """The badge, when the next attempt is due and, for a keyed row waiting behind an
+        earlier one of its key, that row (a link)."""
+        shown = super().status_and_due(obj)
+        first = self._blocker(obj)
+        if first is None:
+            return shown
+        return format_html('{}<div class="ie-blocked">blocked by {}</div>', shown,
+                           self.blocker_link(first))
+
+    @admin.display(description="blocked by")
+    def blocked_by(self, obj: ReceivedMessage) -> SafeString | str:
+        first = self._blocker(obj)
+        if first is not None:
+            return format_html("{} {}", self.blocker_link(first), display.status_badge(
+                first.status))
+        if obj.status in ACTIVE_STATUSES:
+            return "- (its turn: nothing earlier of its key is unfinished in this group)"
+        return "-"
+
+    @staticmethod
+    def _blocker(obj: Any) -> PublishedMessage | ReceivedMessage | None:
+        if not isinstance(obj, ReceivedMessage) or not obj.ordering_key \
+                or obj.status not in ACTIVE_STATUSES:
+            return None
+        return ordering.blocker(obj)
+
+    def blocker_link(self, first: PublishedMessage | ReceivedMessage) -> SafeString:
+        if isinstance(first, ReceivedMessage):
+            return format_html('<a href="{}">#{} ({}, seq {})</a>', self.change_url(first),
+                               first.pk, first.status, first.ordering_seq)
+        return format_html('<a href="{}">message {} (not fanned out: {}, seq {})</a>',
+                           self.change_url(first), first.pk, first.status, first.ordering_seq)
 
     def search_by_row_id(self, number: int) -> Q:
         return Q(pk=number)

@@ -78,3 +78,15 @@ class Rated(Paced, topic=ProbeTopics.RATED):
 
 class Pausable(Paced, topic=ProbeTopics.PAUSABLE):
     pass
+
+
+class Stepped(IntegrationEvent, topic=ProbeTopics.STEPPED, ordering_key="key"):
+    """Ordering probes: step ``step`` of ``key``; its handlers journal a Step row and act on
+    ``behaviour`` as ProbeHappened's do ("fail:1" fails the first attempt)."""
+
+    key: str
+    step: int
+    behaviour: str = "ok"
+    only_group: str = ""
+    publisher: str = ""
+    n: int = 0

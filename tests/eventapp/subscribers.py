@@ -18,8 +18,9 @@ from .events import (
     ProbeHappened,
     Rated,
     Stamped,
+    Stepped,
 )
-from .models import Delivery, Run
+from .models import Delivery, Run, Step
 from .topics import ProbeTopics
 
 
@@ -128,3 +129,20 @@ def rated(event: Rated, context: MessageContext) -> None:
 @subscriber(ProbeTopics.PAUSABLE, group="pausable")
 def pausable(event: Pausable, context: MessageContext) -> None:
     journal(event, context)
+
+
+def step(event: Stepped, context: MessageContext) -> None:
+    Step.objects.create(group=context.group, key=event.key, step=event.step,
+                        message_id=context.message_id, attempt=context.attempt,
+                        publisher=event.publisher, pid=os.getpid())
+    behave(event, context)
+
+
+@subscriber(ProbeTopics.STEPPED, group="steps-a")
+def steps_a(event: Stepped, context: MessageContext) -> None:
+    step(event, context)
+
+
+@subscriber(ProbeTopics.STEPPED, group="steps-b")
+def steps_b(event: Stepped, context: MessageContext) -> None:
+    step(event, context)

@@ -13,3 +13,5 @@ class ProbeTopics(StrEnum):
     LIMITED = "probe.limited"
     RATED = "probe.rated"
     PAUSABLE = "probe.pausable"
+    # Ordering: a keyed step, subscribed by two groups.
+    STEPPED = "probe.stepped"

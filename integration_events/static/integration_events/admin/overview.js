@@ -35,6 +35,7 @@
     });
     text("ie-published-total", total);
     text("ie-received-failed", dead);
+    text("ie-blocked-keys", data.blocked_keys);
     text("ie-lag-published", age(data.lag.published));
     text("ie-lag-received", age(data.lag.received));
     text("ie-rate-published", data.per_second.published);
