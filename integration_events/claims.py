@@ -72,10 +72,9 @@ class OldestFirst:
         # with "status IN (...)" InnoDB sorts, and a locking read that sorts locks every due
         # row, which would leave nothing for the other claimers to skip to.
         for status in (MessageStatus.RETRYING, MessageStatus.PENDING):
-            due = qs.claimable(status)
-            if skip_locked:
-                due = due.select_for_update(skip_locked=True)
-            for pk, kind in due.values_list("pk", "error_type")[: limit - len(pks)]:
+            rows = qs.due_rows(status, limit - len(pks), ("pk", "error_type"),
+                               skip_locked=skip_locked)
+            for pk, kind in rows:
                 if kind == LEASE_EXPIRED:
                     return pks or [pk]
                 pks.append(pk)

@@ -141,10 +141,8 @@ class FairShare(OldestFirst):
         """The oldest due rows across groups: (pk, group, error_type), retries first."""
         rows: list[tuple[Any, str, str]] = []
         for status in (MessageStatus.RETRYING, MessageStatus.PENDING):
-            due = qs.claimable(status)
-            if skip_locked:
-                due = due.select_for_update(skip_locked=True)
-            rows += due.values_list("pk", "group", "error_type")[: limit - len(rows)]
+            rows += qs.due_rows(status, limit - len(rows), ("pk", "group", "error_type"),
+                                skip_locked=skip_locked)
             if len(rows) >= limit:
                 break
         return rows
