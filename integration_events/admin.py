@@ -272,6 +272,8 @@ class PublishedMessageAdmin(MessageAdmin):
         (None, {"fields": ("id", "topic", "badge", "attempts", "created_at", "next_attempt_at",
                            "finished_at", "expires_at", "claimed_by", "lease_until",
                            "error_detail")}),
+        # Received over a broker bridge: the bridge and the sender's message id (blank: local).
+        ("Origin", {"fields": ("origin", "wire_id")}),
         ("Payload", {"fields": ("payload",)}),
         ("Headers", {"fields": ("header_table",)}),
         ("Correlation", {"fields": ("correlation_id", "correlation_sequence", "caused_by",

@@ -21,10 +21,19 @@ def test_a_good_bridge_has_no_messages() -> None:
     assert ids(entry(SEND=["equipment.*"], RECEIVE=["billing.#"])) == []
 
 
-def test_invalid_settings_are_one_error_with_the_reason() -> None:
+def test_invalid_settings_are_one_error_per_bridge_with_the_reason() -> None:
+    raw = {**entry(SEND="equipment.*"), "other": {"TRANSPORT": "amqp", "URL": "http://h/"}}
+    messages = check_bridges(raw, KNOWN)
+    assert [m.id for m in messages] == ["integration_events.E100"] * 2
+    assert '["rabbit"]["SEND"]' in messages[0].msg and '["other"]["URL"]' in messages[1].msg
+    (message,) = check_bridges("rabbit", KNOWN)
+    assert message.id == "integration_events.E100" and "must be a dict" in message.msg
+
+
+def test_an_unknown_transport_names_the_known_ones() -> None:
     (message,) = check_bridges(entry(TRANSPORT="kafka"), KNOWN)
-    assert message.id == "integration_events.E100"
-    assert "unknown transport 'kafka'" in message.msg
+    assert message.id == "integration_events.E104"
+    assert "'kafka'" in message.msg and "'amqp'" in str(message.hint)
 
 
 def test_a_missing_library_names_the_extra() -> None:
