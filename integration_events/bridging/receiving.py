@@ -11,9 +11,10 @@ What the database refuses:
 - the database is down or busy (the whole batch fails and a probe query fails too):
   ``DatabaseUnavailable``, nothing is acknowledged, the broker keeps the messages;
 - one row it will not take (the batch fails, the probe works): the rows are stored one at
-  a time, and the row that fails alone is stored as an ``Unstorable`` failed message with
-  what can be kept of it, else nacked to the queue's dead-letter exchange (if it has one),
-  else logged and acknowledged. Nothing is ever retried in a loop.
+  a time, and the row that fails alone (with an error about its data, or with any error
+  for the third time) is stored as an ``Unstorable`` failed message with what can be kept
+  of it, else nacked to the queue's dead-letter exchange (if it has one), else logged and
+  acknowledged. Nothing is retried in a loop.
 """
 
 from __future__ import annotations
@@ -21,12 +22,22 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, connections, transaction
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    NotSupportedError,
+    ProgrammingError,
+    connections,
+    transaction,
+)
 from django.utils import timezone
 
 from ..bridges.codec import InboundMessage, decode_delivery
@@ -48,6 +59,10 @@ INSERT_BYTES = 4 * 1024 * 1024
 MAX_KEY = 255
 # Django's InterfaceError (a connection that is already closed) is not a DatabaseError.
 DB_ERRORS = (DatabaseError, InterfaceError)
+# Errors about the row's data, not the database's state.
+ROW_ERRORS = (DataError, IntegrityError, ProgrammingError, NotSupportedError)
+STRIKES = 3
+_strikes: Counter[tuple[str, str, str]] = Counter()
 # Headers set on a stored rejection.
 REJECTED_HEADER = "bridge-rejected"
 BODY_BYTES_HEADER = "body-bytes"
@@ -128,16 +143,18 @@ def _store_alone(item: _Item, config: BridgeConfig, using: str) -> Stored:
         return _store([item], using)
     except DB_ERRORS as exc:
         _unusable(using)
-        if not database_answers(using):
-            raise DatabaseUnavailable(f"the database is unavailable: {exc}") from exc
+        if not database_answers(using) or not _refused_by_row(exc, item):
+            raise DatabaseUnavailable(
+                f"storing {item.row.topic} {item.row.wire_id} failed: {exc}") from exc
         refused = exc
     substitute = _Item(item.delivery, _unstorable_row(item, refused), item.rejection)
     try:
         return _store([substitute], using)
     except DB_ERRORS as exc:
         _unusable(using)
-        if not database_answers(using):
-            raise DatabaseUnavailable(f"the database is unavailable: {exc}") from exc
+        if not database_answers(using) or not isinstance(exc, ROW_ERRORS):
+            raise DatabaseUnavailable(
+                f"storing {item.row.topic} {item.row.wire_id} failed: {exc}") from exc
     tag = item.delivery.delivery_tag
     if config.dead_letter_exchange:
         logger.error("bridge message not storable, dead-lettered bridge=%s wire_id=%s "
@@ -148,6 +165,20 @@ def _store_alone(item: _Item, config: BridgeConfig, using: str) -> Stored:
                  "bridge=%s wire_id=%s topic=%s error=%r", config.name, item.row.wire_id,
                  item.row.topic, str(refused)[:300])
     return Stored(dropped=1)
+
+
+def _refused_by_row(exc: BaseException, item: _Item) -> bool:
+    """Whether the database refused this row (its data), rather than failed for a while
+    (a lock timeout, a deadlock, a dropped link): errors about the data count at once; any
+    other error counts once the same message failed alone STRIKES times in this process,
+    so that a message the database always refuses cannot come back for ever."""
+    if isinstance(exc, ROW_ERRORS):
+        return True
+    key = item.key or (item.row.origin, str(item.row.pk), item.row.topic)
+    if len(_strikes) > 10_000:
+        _strikes.clear()
+    _strikes[key] += 1
+    return _strikes[key] >= STRIKES
 
 
 def _store(items: Sequence[_Item], using: str) -> Stored:

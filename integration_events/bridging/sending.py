@@ -213,9 +213,16 @@ class BridgeResolver:
     def bridges(self) -> dict[str, _Bridge]:
         settings = get_settings()
         if self._built is None or self._built[0] is not settings:
+            self.close()
             self._built = (settings, {name: _Bridge(config)
                                       for name, config in settings.BRIDGES.items()})
         return self._built[1]
+
+    def close(self) -> None:
+        """Close this thread's broker connections (the settings changed, or a test ends)."""
+        if self._built is not None:
+            for bridge in self._built[1].values():
+                bridge.sender.drop_publisher()
 
     def groups_for(self, message: PublishedMessage) -> Mapping[str, Subscription]:
         found: dict[str, Subscription] = {}
