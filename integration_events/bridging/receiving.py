@@ -33,8 +33,6 @@ from django.db import (
     DataError,
     IntegrityError,
     InterfaceError,
-    NotSupportedError,
-    ProgrammingError,
     connections,
     transaction,
 )
@@ -59,8 +57,9 @@ INSERT_BYTES = 4 * 1024 * 1024
 MAX_KEY = 255
 # Django's InterfaceError (a connection that is already closed) is not a DatabaseError.
 DB_ERRORS = (DatabaseError, InterfaceError)
-# Errors about the row's data, not the database's state.
-ROW_ERRORS = (DataError, IntegrityError, ProgrammingError, NotSupportedError)
+# Errors about the row's data, not the database's state. (ProgrammingError is not one: a
+# missing table or a revoked privilege refuses every row.)
+ROW_ERRORS = (DataError, IntegrityError)
 STRIKES = 3
 _strikes: Counter[tuple[str, str, str]] = Counter()
 # Headers set on a stored rejection.

@@ -112,3 +112,67 @@ def cap_events() -> Iterator[dict[str, Any]]:
     from .cap_events import defined
 
     yield from defined()
+
+
+class Process:
+    """A `manage.py <command>` subprocess on the test database (like tests.conftest.Cluster),
+    with the bridges given as IE_BRIDGES."""
+
+    def __init__(self, args: list[str], bridges: dict[str, Any], log_name: str,
+                 env: dict[str, str] | None = None) -> None:
+        import json
+        import os
+        import sys
+        from pathlib import Path
+
+        from tests.conftest import ROOT, Cluster
+
+        self.args = [sys.executable, str(ROOT / "manage.py"), *args]
+        base = Cluster().env()
+        self.env = {**base, "IE_BRIDGES": json.dumps(bridges), **(env or {})}
+        self.log_path = Path(os.environ.get("IE_VAR_DIR", ROOT / "var")) / f"{log_name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.root = ROOT
+
+    def start(self) -> Process:
+        log = open(self.log_path, "wb")  # noqa: SIM115 - kept open for the process's life
+        self.proc = subprocess.Popen(self.args, cwd=self.root, env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        import os
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-8000:]
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.fixture
+def process() -> Iterator[Callable[..., Process]]:
+    """process(args, bridges, name): start a manage.py subprocess; killed at the end."""
+    started: list[Process] = []
+
+    def start(args: list[str], bridges: dict[str, Any], name: str, **env: str) -> Process:
+        started.append(Process(args, bridges, f"{name}-{len(started)}", env).start())
+        return started[-1]
+
+    yield start
+    for p in started:
+        p.kill()
