@@ -123,11 +123,14 @@ class BridgeSender:
             if result.ok:
                 outcomes[index] = None
             elif result.outcome in _REFUSED:
+                fix = (f"Bind a queue for this topic on exchange {self.config().exchange!r} "
+                       "(the receiving service's RECEIVE), or take the topic out of SEND."
+                       if result.outcome == "returned" else
+                       "The broker refused it (a full queue with x-overflow reject-publish, "
+                       "or a broker error); it is retried.")
                 outcomes[index] = SendFailed(
                     f"bridge {self.name}: {message.routing_key} {message.wire_id} "
-                    f"{result.outcome}: {result.detail}. Bind a queue for this topic on "
-                    f"exchange {self.config().exchange!r} (the receiving service's RECEIVE), "
-                    "or take the topic out of SEND.")
+                    f"{result.outcome}: {result.detail}. {fix}")
 
     def unavailable(self, pending: Sequence[tuple[int, OutboundMessage]],
                     outcomes: list[BaseException | None], reason: str

@@ -229,3 +229,40 @@ def test_a_reply_to_a_caps_message_carries_the_chains_original_correlation_id(
     headers = got[1].headers
     assert headers["cap-msg-name"] == LonelyHappened.topic
     assert (headers["cap-corr-id"], headers["cap-corr-seq"]) == ("1923273228417118208", "3")
+
+
+def test_messages_the_broker_nacks_are_failed_attempts(bridged: Callable[..., Any],
+                                                      peer: Any, unique: Callable[[str], str]
+                                                      ) -> None:
+    out = bridged(bind=())
+    full = unique("full")  # a queue that refuses what does not fit (the broker nacks it)
+    peer.queue_declare(full, arguments={"x-max-length": 3, "x-overflow": "reject-publish"})
+    peer.queue_bind(full, out.exchange, "probe.#")
+    messages = publish_many([ProbeHappened(n=n) for n in range(5)])
+    run()
+    outcomes = sorted((r.status, r.error_type) for r in
+                      ReceivedMessage.objects.filter(group=out.group,
+                                                     message_id__in=[m.pk for m in messages]))
+    assert outcomes == sorted([(MessageStatus.SUCCEEDED, "")] * 3
+                              + [(MessageStatus.RETRYING, "SendFailed")] * 2)
+    assert all("nacked" in r.last_error for r in ReceivedMessage.objects.filter(
+        error_type="SendFailed"))
+
+
+def test_a_channel_closed_mid_batch_is_sent_again_on_a_fresh_connection(
+        bridged: Callable[..., Any], peer: Any) -> None:
+    """The exchange is deleted under a connected publisher: the broker closes its channel at
+    the first message (404). The batch is sent again at once on a new connection (which
+    declares the exchange again; as nobody is bound to the new one, it comes back
+    unroutable: a failed attempt, not an outage)."""
+    out = bridged()
+    publish(ProbeHappened(n=1))
+    run()  # connected
+    peer.exchange_delete(out.exchange)
+    messages = publish_many([ProbeHappened(n=n) for n in range(2, 5)])
+    run()
+    rows = ReceivedMessage.objects.filter(group=out.group, message_id__in=[m.pk for m in messages])
+    assert {(r.status, r.attempts, r.error_type) for r in rows} == {
+        (MessageStatus.RETRYING, 1, "SendFailed")}
+    assert all("NO_ROUTE" in r.last_error for r in rows)
+    assert not GroupState.objects.filter(group=out.group).exists()
