@@ -153,3 +153,13 @@ def test_nudge_disabled_and_forced() -> None:
     assert nudge("default", force=True) is True
     assert nudge("default", force=True) is True
     assert OrmQ.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_publishing_a_domain_event_says_to_raise_it() -> None:
+    from tests.eventapp.domain_events import ProbeNoted
+
+    with pytest.raises(IntegrationEventsError, match=r"ProbeNoted is a domain event: "
+                                                     r"raise_event\(\) it"):
+        publish(ProbeNoted(n=1))  # type: ignore[arg-type]
+    assert not PublishedMessage.objects.exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from integration_events.bridges.checks import check_bridges
 
 KNOWN = ["equipment.equipment-created", "billing.invoice-paid", "files.file-deleted"]
@@ -54,3 +56,36 @@ def test_overlapping_send_and_receive_is_an_error_with_an_example() -> None:
                              KNOWN)
     assert [m.id for m in messages] == ["integration_events.E103"]
     assert "'equipment.equipment-created'" in messages[0].msg
+
+
+@pytest.mark.django_db
+def test_the_checks_are_registered_and_not_reported_twice() -> None:
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+    from django.test import override_settings
+
+    bridges = {"rabbit": {"TRANSPORT": "amqp", "URL": "amqp://h/", "QUEUE": "q",
+                          "SEND": ["probe.*"], "RECEIVE": ["probe.#", "nowhere.#"]},
+               "other": {"TRANSPORT": "zeromq", "URL": "amqp://h/"}}
+    with override_settings(INTEGRATION_EVENTS={**settings.INTEGRATION_EVENTS,
+                                               "BRIDGES": bridges}), \
+            pytest.raises(SystemCheckError) as info:
+        call_command("check")
+    text = str(info.value)
+    assert "integration_events.E103" in text and "SEND 'probe.*' and RECEIVE 'probe.#'" in text
+    assert "integration_events.E104" in text and "integration_events.W102" in text
+    assert "integration_events.E001" not in text, "BRIDGES problems have their own ids"
+
+
+def test_the_docs_list_every_bridge_check_id() -> None:
+    import re
+    from pathlib import Path
+
+    import integration_events.bridges.checks as module
+
+    emitted = set(re.findall(r'id="integration_events\.([EW]1\d\d)"',
+                             Path(module.__file__).read_text()))
+    docs = (Path(__file__).parents[2] / "docs" / "bridges.md").read_text()
+    documented = set(re.findall(r"^\| `?([EW]1\d\d)`? \|", docs, re.MULTILINE))
+    assert emitted == documented == {"E100", "E101", "W102", "E103", "E104"}

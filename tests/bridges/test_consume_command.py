@@ -79,6 +79,7 @@ def test_sigterm_finishes_the_batch_acknowledges_and_exits(
     assert f"stopped: {3000 - first} stored, 0 duplicates" in again.log()
 
 
+@pytest.mark.dbspecific
 @pytest.mark.django_db(transaction=True)
 def test_sigkill_mid_stream_loses_nothing_and_stores_redeliveries_once(
         url: str, unique: Callable[[str], str], peer: Any, process: Callable[..., Any]) -> None:

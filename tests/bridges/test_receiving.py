@@ -24,7 +24,8 @@ from tests.eventapp.models import Delivery as DeliveryRow
 
 from .helpers import POISON, POISON_MAX_BODY, cap_delivery
 
-pytestmark = pytest.mark.django_db
+# dbspecific: the MariaDB run covers storing too (INSERT IGNORE and its unique index).
+pytestmark = [pytest.mark.django_db, pytest.mark.dbspecific]
 
 BRIDGE = {"TRANSPORT": "amqp", "URL": "amqp://127.0.0.1/", "QUEUE": "rx.v1",
           "RECEIVE": ["probe.#"]}

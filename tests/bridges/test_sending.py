@@ -266,3 +266,15 @@ def test_a_channel_closed_mid_batch_is_sent_again_on_a_fresh_connection(
         (MessageStatus.RETRYING, 1, "SendFailed")}
     assert all("NO_ROUTE" in r.last_error for r in rows)
     assert not GroupState.objects.filter(group=out.group).exists()
+
+
+def test_the_resolver_is_registered_only_while_bridges_are_configured(url: str) -> None:
+    from integration_events import registry
+
+    assert resolver not in registry._resolvers, "no BRIDGES in the test settings"
+    bridges = {"out": {"TRANSPORT": "amqp", "URL": url, "SEND": [PROBE]}}
+    with override_settings(INTEGRATION_EVENTS={**settings.INTEGRATION_EVENTS,
+                                               "BRIDGES": bridges}):
+        assert resolver in registry._resolvers
+        assert [s.group for s in registry.all_subscriptions() if s.raw] == ["bridge:out"]
+    assert resolver not in registry._resolvers
