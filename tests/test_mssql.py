@@ -64,3 +64,15 @@ def test_without_skip_locked_there_is_no_readpast(mssql_connection) -> None:
     qs = PublishedMessage.objects.due(MessageStatus.PENDING)
     assert "READPAST" not in compile_sql(qs.values_list("pk", flat=True)[:10],
                                          mssql_connection)
+
+
+def test_received_messages_are_unique_only_where_they_have_a_wire_id(mssql_connection) -> None:
+    """SQL Server counts NULLs as equal in a plain unique constraint: the (origin, wire_id,
+    topic) of received messages must be a filtered index, or the second local message (no
+    wire id) would be refused. mssql-django filters unique_together that way."""
+    with mssql_connection.schema_editor(collect_sql=True, atomic=False) as editor:
+        editor.alter_unique_together(PublishedMessage, [], [("origin", "wire_id", "topic")])
+    (sql,) = editor.collected_sql
+    assert sql.startswith("CREATE UNIQUE INDEX")
+    assert "([origin], [wire_id], [topic])" in sql and "[wire_id] IS NOT NULL" in sql
+    assert ("origin", "wire_id", "topic") in PublishedMessage._meta.unique_together

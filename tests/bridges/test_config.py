@@ -126,3 +126,17 @@ def test_a_bad_bridges_key_is_one_problem_that_names_the_bridge_and_key() -> Non
     assert problems["BRIDGES"].message.startswith(
         'INTEGRATION_EVENTS["BRIDGES"]["rabbit"]["SEND"]: pattern \'a.b*\' has the word')
     assert "docs/bridges.md" in problems["BRIDGES"].hint
+
+
+@pytest.mark.parametrize(("doc", "start"), [("README.md", 'INTEGRATION_EVENTS = {"BRIDGES"'),
+                                            ("docs/bridges.md", "INTEGRATION_EVENTS = {")])
+def test_the_documented_settings_are_valid(doc: str, start: str) -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / doc).read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if b.startswith(start)]
+    namespace: dict[str, Any] = {}
+    exec(block, namespace)  # noqa: S102 - our own documentation
+    (config,) = parse_bridges(namespace["INTEGRATION_EVENTS"]["BRIDGES"]).values()
+    assert config.name == "rabbit" and config.queue == "inventory.v1"
