@@ -93,14 +93,12 @@ class BridgeConsumer:
         self._wait = FIRST_WAIT
         self._beat_at = 0.0
         self._beat_pending = 0
+        self._connected_once = False
 
     def run(self) -> Totals:
         """Consume until ``stop`` is set; returns the totals."""
         logger.info("bridge consumer started bridge=%s queue=%s node=%s", self.config.name,
                     self.config.queue, self.node)
-        self.say(f"consuming queue {self.config.queue!r} on {self.config.safe_url} "
-                 f"(exchange {self.config.exchange!r}, prefetch {self.config.prefetch}) as "
-                 f"{self.node}")
         try:
             while not self.stop.is_set():
                 self.step()
@@ -162,7 +160,13 @@ class BridgeConsumer:
         except BrokerUnavailable as exc:
             self.fail_wait(f"cannot reach the broker: {exc}")
             return None
-        if self.totals.batches or self._wait > FIRST_WAIT:
+        if not self._connected_once:
+            # Only now: the queue and its bindings exist, messages sent from here on arrive.
+            self._connected_once = True
+            self.say(f"consuming queue {self.config.queue!r} on {self.config.safe_url} "
+                     f"(exchange {self.config.exchange!r}, prefetch {self.config.prefetch}) "
+                     f"as {self.node}")
+        else:
             self.resumed("connected to the broker again")
         self._consumer = consumer
         return consumer

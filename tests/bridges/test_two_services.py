@@ -167,3 +167,21 @@ def _stop_report(consume: subprocess.Popen[bytes], service: Service) -> str:
         consume.send_signal(signal.SIGTERM)
         consume.wait(timeout=20)
     return service.log("integration_events_consume")
+
+
+def test_the_demo_script_tells_its_story(tmp_path: Path, url: str,
+                                         unique: Callable[[str], str]) -> None:
+    """scripts/demo-two-services.sh --once (the README's command, without the admins)."""
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip("the demo script runs the project's .venv (scripts/test.sh makes it)")
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("IE_", "DJANGO_"))}
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "demo-two-services.sh"), "--once"], cwd=ROOT,
+        env={**keep, "IE_VAR_DIR": str(tmp_path), "IE_AMQP_URL": url,
+             "IE_AMQP_EXCHANGE": unique("demo")},
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for line in ("inventory knows user", "accounts knows ada holds the drill",
+                 "inventory purged ada's files and checked the drill in",
+                 "accounts heard the drill is back", "Two-services demo done."):
+        assert line in done.stdout, done.stdout
