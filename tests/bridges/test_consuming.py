@@ -197,3 +197,33 @@ def test_a_database_connection_killed_under_it_is_reconnected(
     running.stop()
     assert queue_depth(peer, config.queue) == 0
     assert PublishedMessage.objects.filter(status=MessageStatus.FAILED).count() == 0
+
+
+@pytest.mark.xfail(strict=True, reason="the consumer acknowledges through the batch's last tag "
+                   "even when that one was nacked: the broker closes the channel")
+def test_a_message_the_database_refuses_goes_to_the_dead_letter_exchange(
+        receiving: Callable[..., Any], peer: Any, consume: Callable[[Any], Running],
+        unique: Callable[[str], str], refuse: Any) -> None:
+    """Refused even as a failed message (a trigger on its topic): nacked without requeue,
+    so the queue's dead-letter exchange gets it, and the messages around it are stored and
+    acknowledged (the refused one last in its batch, too)."""
+    refuse("topic")
+    dlx, parked = unique("dlx"), unique("parked")
+    peer.exchange_declare(dlx, "fanout", durable=True)
+    peer.queue_declare(parked)
+    peer.queue_bind(parked, dlx)
+    config = receiving(DEAD_LETTER_EXCHANGE=dlx)
+    cap_publish(peer, config.exchange, "8001", n=1)
+    cap_publish(peer, config.exchange, "8002", topic="probe.refused")
+    running = consume(config)
+    wait_for(lambda: queue_depth(peer, parked) == 1, 20, "the dead letter",
+             lambda: "\n".join(running.lines))
+    cap_publish(peer, config.exchange, "8003", n=3)
+    wait_for(lambda: stored() == 2, 20, "the messages around it")
+    assert running.thread.is_alive()
+    totals = running.stop()
+    assert totals.dead_lettered == 1 and queue_depth(peer, config.queue) == 0
+    # Acknowledging the nacked tag would close the channel: a reconnect and a redelivery.
+    assert totals.duplicates == 0 and not any("lost the broker" in x for x in running.lines)
+    method, properties, _ = peer.basic_get(parked, auto_ack=True)
+    assert properties.headers["cap-msg-id"] == "8002"

@@ -11,7 +11,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import connection
 from django.test import override_settings
 
 from integration_events.bridges import parse_bridge
@@ -158,45 +157,6 @@ def test_decimals_from_another_service_keep_every_digit(order_events: list[Any])
 
 
 # --- what the database refuses -----------------------------------------------------------------
-
-REFUSE = {
-    "sqlite": ("CREATE TRIGGER ie_refuse BEFORE INSERT ON integration_events_publishedmessage "
-               "WHEN {condition} BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END",
-               "DROP TRIGGER ie_refuse"),
-    "postgresql": (
-        "CREATE FUNCTION ie_refuse() RETURNS trigger AS $$ BEGIN IF {condition} THEN RAISE "
-        "EXCEPTION 'refused by a test trigger' USING ERRCODE = '22000'; END IF; RETURN NEW; "
-        "END $$ LANGUAGE plpgsql; CREATE TRIGGER ie_refuse BEFORE INSERT ON "
-        "integration_events_publishedmessage FOR EACH ROW EXECUTE FUNCTION ie_refuse()",
-        "DROP TRIGGER ie_refuse ON integration_events_publishedmessage; "
-        "DROP FUNCTION ie_refuse()"),
-}
-CONDITIONS = {  # headers that only the real message has / a topic the substitute keeps
-    "sqlite": {"headers": "NEW.headers LIKE '%refuse-me%'", "topic": "NEW.topic = 'probe.refused'"},
-    "postgresql": {"headers": "NEW.headers::text LIKE '%refuse-me%'",
-                   "topic": "NEW.topic = 'probe.refused'"},
-}
-
-
-@pytest.fixture
-def refuse() -> Iterator[Any]:
-    """refuse("headers" | "topic"): a real trigger makes the database refuse some rows."""
-    if connection.vendor not in REFUSE:
-        pytest.skip(f"no refusing trigger written for {connection.vendor}")
-    create, drop = REFUSE[connection.vendor]
-    made: list[str] = []
-
-    def make(which: str) -> None:
-        with connection.cursor() as cursor:
-            cursor.execute(create.format(condition=CONDITIONS[connection.vendor][which]))
-        made.append(which)
-
-    yield make
-    if made:
-        with connection.cursor() as cursor:
-            for statement in drop.split("; "):
-                cursor.execute(statement)
-
 
 @pytest.mark.django_db(transaction=True)
 def test_a_row_the_database_refuses_is_kept_as_unstorable_and_the_rest_stored(refuse) -> None:
