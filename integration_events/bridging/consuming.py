@@ -115,6 +115,7 @@ class BridgeConsumer:
 
     def step(self) -> None:
         """One turn of the loop: connect if needed, fetch, store, acknowledge."""
+        self.beat()  # also while the broker is away: the process is alive
         consumer = self.connected()
         if consumer is None:
             return
@@ -133,7 +134,12 @@ class BridgeConsumer:
             try:
                 for tag in result.dead_letter:
                     consumer.reject(tag)
-                consumer.ack_through(batch[-1].delivery_tag)
+                # A tag nacked already must not be acknowledged (the broker would close the
+                # channel): acknowledge through the last one that was not.
+                kept = [d.delivery_tag for d in batch
+                        if d.delivery_tag not in set(result.dead_letter)]
+                if kept:
+                    consumer.ack_through(max(kept))
             except BrokerUnavailable as exc:
                 # Stored but not acknowledged: delivered again, and de-duplicated then.
                 self.broker_lost(exc)
@@ -141,7 +147,6 @@ class BridgeConsumer:
             self.totals.add(result, len(batch))
             self._beat_pending += result.stored
             self._wait = FIRST_WAIT
-        self.beat()
         self.progress()
 
     # --- connections ------------------------------------------------------------------
@@ -213,6 +218,7 @@ class BridgeConsumer:
             logger.warning("heartbeat failed alias=%s node=%s", self.using, self.node,
                            exc_info=True)
             connections[self.using].close()
+            self._beat_at = now  # the next try after an interval, not at every turn
             return
         self._beat_at, self._beat_pending = now, 0
 

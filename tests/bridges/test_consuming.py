@@ -199,8 +199,6 @@ def test_a_database_connection_killed_under_it_is_reconnected(
     assert PublishedMessage.objects.filter(status=MessageStatus.FAILED).count() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="the consumer acknowledges through the batch's last tag "
-                   "even when that one was nacked: the broker closes the channel")
 def test_a_message_the_database_refuses_goes_to_the_dead_letter_exchange(
         receiving: Callable[..., Any], peer: Any, consume: Callable[[Any], Running],
         unique: Callable[[str], str], refuse: Any) -> None:
