@@ -278,3 +278,20 @@ def test_the_resolver_is_registered_only_while_bridges_are_configured(url: str) 
         assert resolver in registry._resolvers
         assert [s.group for s in registry.all_subscriptions() if s.raw] == ["bridge:out"]
     assert resolver not in registry._resolvers
+
+
+@pytest.mark.xfail(strict=True, reason="a TopologyConflict is not a BrokerUnavailable: it is "
+                   "recorded as a failed attempt of every row instead of backing off")
+def test_an_exchange_declared_otherwise_backs_the_group_off_with_the_fix(
+        bridged: Callable[..., Any], peer: Any, unique: Callable[[str], str]) -> None:
+    """The exchange exists as a fanout (CAP declares a topic exchange): the broker refuses
+    the declaration (406). Not the messages' fault: the group backs off and says why."""
+    fanout = unique("fanout")
+    peer.exchange_declare(fanout, "fanout", durable=True)
+    out = bridged(EXCHANGE=fanout)
+    message = publish(ProbeHappened(n=1))
+    run()
+    waiting = row(out.group, message)
+    assert (waiting.status, waiting.attempts) == (MessageStatus.RETRYING, 0)
+    reason = GroupState.objects.get(group=out.group).reason
+    assert "refused to declare exchange" in reason and "durable topic exchange" in reason
