@@ -30,7 +30,12 @@ from django.core.signals import setting_changed
 
 from ..bridges.codec import OutboundMessage, encode_message
 from ..bridges.config import BridgeConfig
-from ..bridges.errors import BridgeError, BrokerConnectionLost, BrokerUnavailable
+from ..bridges.errors import (
+    BridgeError,
+    BrokerConnectionLost,
+    BrokerUnavailable,
+    TopologyConflict,
+)
 from ..conf import SETTING_NAME, IntegrationEventsSettings, get_settings
 from ..context import Delivery
 from ..events import event_class_for, known_topics
@@ -100,7 +105,9 @@ class BridgeSender:
                     return self.unavailable(pending, outcomes, str(exc))
                 retried = True
                 continue
-            except BrokerUnavailable as exc:  # TopologyConflict too: the operator must act
+            except (BrokerUnavailable, TopologyConflict) as exc:
+                # Unreachable, or refusing our exchange (the operator must act): not the
+                # messages' fault. GroupState.reason shows why in the admin.
                 return self.unavailable(pending, outcomes, str(exc))
             self.settle(chunk, results, outcomes)
             pending = pending[len(chunk):]

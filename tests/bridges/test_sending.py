@@ -280,8 +280,6 @@ def test_the_resolver_is_registered_only_while_bridges_are_configured(url: str) 
     assert resolver not in registry._resolvers
 
 
-@pytest.mark.xfail(strict=True, reason="a TopologyConflict is not a BrokerUnavailable: it is "
-                   "recorded as a failed attempt of every row instead of backing off")
 def test_an_exchange_declared_otherwise_backs_the_group_off_with_the_fix(
         bridged: Callable[..., Any], peer: Any, unique: Callable[[str], str]) -> None:
     """The exchange exists as a fanout (CAP declares a topic exchange): the broker refuses
