@@ -37,3 +37,16 @@ def test_the_message_page_shows_origin_and_wire_id(admin_client: Client) -> None
     assert "WireRejected: rejected (not-json)" in rejected and "&lt;not json&gt;" in rejected
     local = page(admin_client, publish(ProbeHappened(n=1)))
     assert "1923273228417118208" not in local
+
+
+def test_the_subscribers_page_lists_the_bridge_groups(admin_client: Client) -> None:
+    from django.conf import settings
+    from django.test import override_settings
+
+    bridges = {"rabbit": {"TRANSPORT": "amqp", "URL": "amqp://h/", "SEND": ["probe.*"]}}
+    with override_settings(INTEGRATION_EVENTS={**settings.INTEGRATION_EVENTS,
+                                               "BRIDGES": bridges}):
+        response = admin_client.get(reverse("admin:integration_events_subscribers"))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "bridge:rabbit" in html and "BridgeSender.send_batch" in html
