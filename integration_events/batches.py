@@ -190,6 +190,13 @@ def run_batch_handler(ex: Executor, taken: Claim[ReceivedMessage], rows: list[Re
         results = [exc] * len(prepared)
         stop = exc if isinstance(exc, ex.stop_exceptions) else None
     succeeded = [p.row for p, error in zip(prepared, results, strict=True) if error is None]
+    # Deliveries the outside system could not take because it went away (a broker connection
+    # lost mid-batch) go back unstarted, attempt refunded, and the group backs off; the ones
+    # it took before that are done.
+    unavailable = [(p.row, e) for p, e in zip(prepared, results, strict=True)
+                   if isinstance(e, GroupUnavailable)]
+    if unavailable:
+        ex.back_off(taken, [row for row, _ in unavailable], unavailable[0][1])
     if succeeded:
         # Not atomic: each row still held is completed; a row whose lease was lost meanwhile
         # belongs to another worker now.
@@ -198,7 +205,7 @@ def run_batch_handler(ex: Executor, taken: Claim[ReceivedMessage], rows: list[Re
         stats.count(Outcome.LOST, len(succeeded) - done)
         taken.done(*succeeded)
     for item, error in zip(prepared, results, strict=True):
-        if error is not None:
+        if error is not None and not isinstance(error, GroupUnavailable):
             stats.count(ex.record(taken, item, error))
     if stop is not None:
         raise stop

@@ -3,7 +3,8 @@ mismatched handler annotations) caught before they ship.
 
 Ids: integration_events.E001-E009, W001-W009 and E020-E029 for configuration, E030-E039
 for domain events (domain_checks.py), E010-E019 /
-W010-W019 for topics and subscribers. Hints say what to set (a setting, a key, an option),
+W010-W019 for topics and subscribers, E100-E199 / W100-W199 for broker bridges
+(bridges/checks.py, listed in docs/bridges.md). Hints say what to set (a setting, a key, an option),
 never a file of this repository: they are read by people who installed the wheel.
 
 ``manage.py qcluster`` runs the checks before it starts (Django runs them for every command
@@ -48,8 +49,9 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
         s: IntegrationEventsSettings | None = get_settings()
     except SettingsError as exc:
         s = None
+        # BRIDGES has checks of its own (check_bridges, E100-E199).
         errors += [checks.Error(p.message, hint=p.hint, id="integration_events.E001")
-                   for p in exc.problems]
+                   for p in exc.problems if p.key != "BRIDGES"]
     if "django_q" not in settings.INSTALLED_APPS:
         errors.append(checks.Error(
             "django_q is not in INSTALLED_APPS: nothing would run the engine.",
@@ -193,6 +195,16 @@ def _database_errors(
                 id="integration_events.W002",
             ))
     return errors
+
+
+@checks.register(checks.Tags.compatibility)
+def check_bridges(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """INTEGRATION_EVENTS["BRIDGES"]: E100-E199 / W100-W199 (docs/bridges.md)."""
+    from .bridges.checks import check_bridges as check
+    from .events import known_topics
+
+    raw = getattr(settings, SETTING_NAME, None)
+    return check(raw.get("BRIDGES") if isinstance(raw, dict) else None, known_topics())
 
 
 @checks.register(checks.Tags.models)

@@ -21,9 +21,11 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
+from .bridges.config import BridgeConfig, parse_bridges
 from .retry import RetryStrategy
 
 SETTING_NAME = "INTEGRATION_EVENTS"
@@ -88,6 +90,21 @@ WHY_HEARTBEAT = ("each beat is a write per worker process; a stopped cluster sti
                  "for three intervals, so more than an hour would hide a stop for three hours")
 WHY_JITTER = "the random share of each wait: 0 is none, 1 is all of it"
 WHY_TOKEN = "a short token can be guessed; generate one with secrets.token_urlsafe()"
+
+# An error whose message is complete as it is (it names the key path itself).
+EXPLAINED = "explained"
+
+
+def _bridges(value: Any) -> Any:
+    """BRIDGES through the bridges' own parser, whose messages name the bridge and key."""
+    try:
+        return parse_bridges(value)
+    except ImproperlyConfigured as exc:
+        raise PydanticCustomError(EXPLAINED, "{text}", {"text": str(exc)}) from None
+
+
+Bridges = Annotated[dict[str, BridgeConfig], BeforeValidator(_bridges),
+                    Expect("a dict of bridge name -> bridge settings (docs/bridges.md)")]
 
 
 class IntegrationEventsSettings(BaseModel):
@@ -164,6 +181,8 @@ class IntegrationEventsSettings(BaseModel):
     METRICS_TOKEN: Annotated[
         str, Field(min_length=16), Expect("a string of at least 16 characters"),
     ] | None = Field(None, description=WHY_TOKEN)
+    # Broker bridges to other services (docs/bridges.md): name -> settings.
+    BRIDGES: Bridges = Field(default_factory=dict)
 
     def retry_strategy(self) -> RetryStrategy:
         """The default backoff, built from the RETRY_* keys and MAX_ATTEMPTS."""
@@ -279,11 +298,16 @@ def _validate(model: type[M], name: str, raw: Any) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        keys = dict.fromkeys(str(e["loc"][0]) for e in exc.errors() if e["loc"])
-        raise SettingsError([_problem(model, name, key, raw) for key in keys]) from None
+        errors = exc.errors()
+        keys = dict.fromkeys(str(e["loc"][0]) for e in errors if e["loc"])
+        explained = {str(e["loc"][0]): e["msg"] for e in errors
+                     if e["loc"] and e["type"] == EXPLAINED}
+        raise SettingsError([_problem(model, name, key, raw, explained.get(key))
+                             for key in keys]) from None
 
 
-def _problem(model: type[BaseModel], name: str, key: str, raw: dict[str, Any]) -> Problem:
+def _problem(model: type[BaseModel], name: str, key: str, raw: dict[str, Any],
+             explained: str | None = None) -> Problem:
     fields = model.model_fields
     if key not in fields:
         known = sorted(fields)
@@ -301,7 +325,7 @@ def _problem(model: type[BaseModel], name: str, key: str, raw: dict[str, Any]) -
     if name == SETTING_NAME:
         default = field.get_default(call_default_factory=True)
         hint += f", or leave it out for the default ({default!r})"
-    message = f"{name}[{key!r}] must be {expected}, got {_show(raw[key])}.{why}"
+    message = explained or f"{name}[{key!r}] must be {expected}, got {_show(raw[key])}.{why}"
     return Problem(key, message, hint + ".")
 
 

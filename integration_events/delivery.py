@@ -4,9 +4,11 @@ running a handler's on-commit callbacks in that handler's context."""
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.db import connections
@@ -33,11 +35,23 @@ class Prepared:
         return self.delivery.row
 
 
-def parse_event(event_type: type[IntegrationEvent], content: str) -> IntegrationEvent:
+def parse_event(event_type: type[IntegrationEvent], content: str, *,
+                exact_numbers: bool = False) -> IntegrationEvent:
     """Validate stored content as ``event_type``; corrupt or invalid content is an
     InvalidMessage (fails at once). Other exceptions from validators propagate and are
-    retried: a fixed deployment may accept the payload."""
+    retried: a fixed deployment may accept the payload.
+
+    ``exact_numbers``: read JSON numbers with a fraction as Decimal first (pydantic's JSON
+    parser reads them as doubles, so a C# decimal of 28 digits from another service would
+    lose digits; our own publisher writes Decimal fields as strings)."""
     try:
+        if exact_numbers:
+            try:
+                data = json.loads(content, parse_float=Decimal)
+            except ValueError as exc:
+                raise InvalidMessage(f"content is not valid JSON: {exc}") from exc
+            # Lax, as JSON input is (ISO strings for dates, numbers for floats).
+            return event_type.model_validate(data, strict=False)
         return event_type.model_validate_json(content)
     except ValidationError as exc:
         raise InvalidMessage(
@@ -64,7 +78,8 @@ def build_delivery(row: ReceivedMessage, message: PublishedMessage | None) -> Pr
         event_type = sub.event_type or event_class_for(row.topic)
         if event_type is None:
             raise UnknownTopic(f"no event class declares topic {row.topic!r}")
-        event = parse_event(event_type, message.content)
+        # A message from another service (a bridge) may carry exact decimals as numbers.
+        event = parse_event(event_type, message.content, exact_numbers=bool(message.origin))
     context = MessageContext(
         message_id=message.pk, topic=row.topic, group=row.group, attempt=row.attempts,
         correlation_id=message.correlation_id,

@@ -317,6 +317,11 @@ class PublishedMessage(MessageBase):
     correlation_sequence = models.PositiveIntegerField(default=0)
     # The message whose handler published this one (None for a chain's first event).
     causation_id = models.UUIDField(null=True, blank=True)
+    # A message received over a broker bridge: the bridge's name and the sender's message id
+    # (CAP's cap-msg-id). Blank and None for a message published here: NULL, not "", so that
+    # the unique (origin, wire_id, topic) below never compares two local messages.
+    origin = models.CharField(max_length=64, blank=True, default="", db_default="")
+    wire_id = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
 
     objects: ClassVar[MessageManager[PublishedMessage]] = MessageManager()
 
@@ -338,6 +343,12 @@ class PublishedMessage(MessageBase):
             models.Index(fields=["status", "ordering_key", "ordering_seq"], name="ie_pub_key",
                          condition=models.Q(**KEYED)),
         ]
+        # A received message is stored once per (bridge, sender's id, topic), however often
+        # the broker delivers it. unique_together rather than a UniqueConstraint with a
+        # condition: local rows have wire_id NULL, which every backend keeps distinct in a
+        # unique index (mssql-django filters unique_together to non-NULL rows), and MySQL
+        # and MariaDB have no partial indexes to express the condition.
+        unique_together = [("origin", "wire_id", "topic")]
 
     def __str__(self) -> str:
         return f"{self.topic} {self.id}"

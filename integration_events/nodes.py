@@ -51,8 +51,10 @@ def any_alive(using: str = "default") -> bool:
     return alive_nodes(using).exists()
 
 
-def heartbeat(alias: str, processed: int = 0, name: str | None = None) -> None:
-    """Mark this node as seen now (one UPDATE; the row is created on the first beat)."""
+def heartbeat(alias: str, processed: int = 0, name: str | None = None,
+              pid: int | None = None) -> None:
+    """Mark this node as seen now (one UPDATE; the row is created on the first beat).
+    ``pid`` defaults to the cluster's (the parent of a worker process)."""
     name = name or node_name()
     updated = WorkerNode.objects.using(alias).filter(name=name).update(
         last_seen_at=Now(), processed=F("processed") + processed
@@ -60,7 +62,7 @@ def heartbeat(alias: str, processed: int = 0, name: str | None = None) -> None:
     if not updated:
         WorkerNode.objects.using(alias).get_or_create(
             name=name,
-            defaults={"hostname": socket.gethostname(), "pid": os.getppid(),
+            defaults={"hostname": socket.gethostname(), "pid": pid or os.getppid(),
                       "processed": processed},
         )
 

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from .conf import get_settings
 from .context import current_context
+from .domain import DomainEvent
 from .events import IntegrationEvent
 from .exceptions import HopLimitExceeded, IntegrationEventsError
 from .handoff import hand_off_after_commit, nudge
@@ -29,6 +30,9 @@ __all__ = ["nudge", "publish", "publish_many"]
 logger = logging.getLogger("integration_events")
 
 Delay = float | int | timedelta | datetime | None
+# DotNetCore.CAP's correlation header (integration_events.bridges.wire.CORR_ID), kept by a
+# message a bridge received.
+CAP_CORRELATION_ID = "cap-corr-id"
 
 
 def _due_expression(delay: Delay) -> Any:
@@ -56,6 +60,12 @@ def _build(
     due: Any,
     headers: Mapping[str, Any] | None,
 ) -> PublishedMessage:
+    if isinstance(event, DomainEvent):
+        raise IntegrationEventsError(
+            f"{type(event).__qualname__} is a domain event: raise_event() it inside the "
+            "transaction (its handlers run before the commit). publish() takes integration "
+            "events, which other contexts receive after the commit."
+        )
     if not isinstance(event, IntegrationEvent):
         raise IntegrationEventsError(
             f"publish() takes an IntegrationEvent instance, got {type(event).__name__}"
@@ -78,6 +88,10 @@ def _build(
         causation_id: uuid.UUID | None = ctx.message_id
         if ctx.traceparent:
             all_headers["traceparent"] = ctx.traceparent
+        if ctx.headers.get(CAP_CORRELATION_ID):
+            # The chain began in another service (a broker bridge): keep its wire id, so a
+            # reply sent back out carries the id the chain started with.
+            all_headers[CAP_CORRELATION_ID] = ctx.headers[CAP_CORRELATION_ID]
         if sequence > settings.MAX_HOPS:
             raise HopLimitExceeded(
                 f"publishing {topic} from the handler of {ctx.topic} (message {ctx.message_id}, "

@@ -31,7 +31,9 @@ __all__ = [
 Handler = Callable[..., Any]
 # A handler that takes a whole batch of deliveries and reports, in the same order, None for
 # each one it completed and the exception for each one that failed. It is not atomic: it
-# talks to an outside system (a broker: send 100, await the confirms, then report).
+# talks to an outside system (a broker: send 100, await the confirms, then report). A
+# GroupUnavailable reported for a delivery (the system went away mid-batch) hands it back
+# unstarted and backs the group off, like one raised for the whole batch.
 BatchHandler = Callable[[Sequence[Delivery]], Sequence[BaseException | None]]
 RetryOverrides = tuple[tuple[str, Any], ...]
 

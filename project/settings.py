@@ -16,6 +16,8 @@ The database is chosen by environment variables so that the same settings serve 
     IE_LOG_FILE                   also log everything to this file (demo.sh: var/demo.log)
     IE_CONSOLE_LOG_LEVEL          the console's threshold (default: all; demo.sh: WARNING)
     IE_MAIL_DIR                   where the file e-mail backend writes (default var/mail)
+    IE_SERVICE=accounts|inventory one of two services over RabbitMQ (see SERVICES below)
+    IE_AMQP_URL / IE_AMQP_EXCHANGE their broker and exchange
 """
 
 from __future__ import annotations
@@ -175,6 +177,29 @@ INTEGRATION_EVENTS: dict[str, Any] = {
     # The demo's fault injection ([flaky] / [poison] data, see DEMO_FAULT_INJECTION below).
     "INSTRUMENTATION": ["project.faults.DemoFaults"],
 }
+
+# Two services over RabbitMQ (scripts/demo-two-services.sh, docs/bridges.md): IE_SERVICE
+# picks the sample apps this service installs and what its bridge sends and receives.
+# Unset, the demo is one service with all three apps and no bridge.
+SERVICES = {  # name: (sample apps, SEND, RECEIVE)
+    "accounts": (["accounts"], ["accounts.*"], ["equipment.*"]),
+    "inventory": (["equipment", "files"], ["equipment.*"], ["accounts.*"]),
+}
+SERVICE = os.environ.get("IE_SERVICE", "")
+if SERVICE:
+    if SERVICE not in SERVICES:
+        raise RuntimeError(f"IE_SERVICE must be one of {', '.join(SERVICES)}, not {SERVICE!r}")
+    _apps, _send, _receive = SERVICES[SERVICE]
+    INSTALLED_APPS = [app for app in INSTALLED_APPS
+                      if app not in ("accounts", "equipment", "files") or app in _apps]
+    INTEGRATION_EVENTS["BRIDGES"] = {"rabbit": {
+        "TRANSPORT": "amqp",
+        "URL": os.environ.get("IE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+        "EXCHANGE": os.environ.get("IE_AMQP_EXCHANGE", "cap.default.router"),
+        "SEND": _send,
+        "RECEIVE": _receive,
+        "QUEUE": f"{SERVICE}.v1",
+    }}
 
 AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []
 LANGUAGE_CODE = "en-us"

@@ -39,6 +39,20 @@ if [ "${IE_SETUP_ONLY:-0}" = 1 ]; then
   exit 0
 fi
 
+# -- RabbitMQ: the broker bridge's tests and bench need one (with rabbitmqctl) ----------------
+rabbit_up() { $VPY - <<'PY' 2>/dev/null
+import shutil, socket, sys
+socket.create_connection(("127.0.0.1", 5672), timeout=3).close()
+sys.exit(0 if shutil.which("rabbitmqctl") else 1)
+PY
+}
+rabbit=0
+if rabbit_up; then
+  rabbit=1
+else
+  skip "RabbitMQ" "no broker at 127.0.0.1:5672 (or no rabbitmqctl): the bridge tests that need one skipped themselves; start it (rabbitmq-server -detached) to run them"
+fi
+
 if [ "${IE_SUITES_ONLY:-0}" != 1 ]; then
 # -- static checks ------------------------------------------------------------------------
 step "ruff" $VPY -m ruff check .
@@ -59,6 +73,9 @@ fi
 # -- the benchmark harness runs (a smoke: it asserts no times) --------------------------------
 step "bench smoke (bench/run.py --smoke)" $VPY bench/run.py --smoke
 step "bench smoke (bench/flow.py --smoke)" $VPY bench/flow.py --smoke
+if [ $rabbit = 1 ]; then
+  step "bridge bench smoke (bench/bridge.py --smoke)" $VPY bench/bridge.py --smoke
+fi
 fi
 
 # -- the suite ----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Test settings: the demo project's, plus the probe app the engine tests use."""
 
+import json
 import os
 
 from project.settings import *  # noqa: F403
@@ -30,3 +31,7 @@ INTEGRATION_EVENTS = {
 # handler needs a small one). Unset: the project's.
 if os.environ.get("IE_Q_TIMEOUT"):
     Q_CLUSTER = {**Q_CLUSTER, "timeout": int(os.environ["IE_Q_TIMEOUT"])}  # noqa: F405
+# Broker bridges for a qcluster or integration_events_consume started by a bridge test
+# (tests/bridges): the BRIDGES dict as JSON.
+if os.environ.get("IE_BRIDGES"):
+    INTEGRATION_EVENTS["BRIDGES"] = json.loads(os.environ["IE_BRIDGES"])

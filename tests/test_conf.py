@@ -75,7 +75,7 @@ def test_unknown_key_is_named_with_the_closest_known_one() -> None:
     with pytest.raises(ImproperlyConfigured, match="'MAX_ATTEMPT'") as info:
         build_settings({"MAX_ATTEMPT": 3})
     assert "Did you mean 'MAX_ATTEMPTS'?" in str(info.value)
-    assert "Known keys: CLAIM_BATCH_SIZE, CLAIM_STRATEGY, CLEANUP_BATCH_SIZE," in str(info.value)
+    assert "Known keys: BRIDGES, CLAIM_BATCH_SIZE, CLAIM_STRATEGY," in str(info.value)
     with pytest.raises(ImproperlyConfigured, match="Did you mean 'LEASE_SECONDS'"):
         build_settings({"lease_seconds": 3})
 

@@ -78,3 +78,33 @@ def test_a_paused_group_is_not_claimed_and_its_backlog_stays() -> None:
         ("probe-a", MessageStatus.PENDING), ("probe-b", MessageStatus.SUCCEEDED)}
     GroupState.objects.filter(group="probe-a").update(paused=False)
     assert Worker(keep_leases=False).run_until_idle().succeeded == 1
+
+
+class HalfwayResolver(EchoResolver):
+    """The echo group's outside system takes the even deliveries, then goes away: the odd
+    ones are reported as GroupUnavailable (a broker connection lost mid-batch)."""
+
+    def handle_batch(self, deliveries: Sequence[Delivery]) -> list[BaseException | None]:
+        outcomes = super().handle_batch(deliveries)
+        return [GroupUnavailable("connection lost mid-batch", retry_after=30) if error
+                else None for error in outcomes]
+
+
+def test_a_delivery_reported_unavailable_goes_back_and_the_group_backs_off() -> None:
+    from integration_events.registry import register_resolver, unregister_resolver
+
+    resolver = HalfwayResolver()
+    register_resolver(resolver)
+    try:
+        messages = [publish(ProbeHappened(n=n)) for n in range(4)]
+        Worker(keep_leases=False).run_until_idle()
+    finally:
+        unregister_resolver(resolver)
+    rows = {r.message_id: r for r in ReceivedMessage.objects.filter(group="echo:test")}
+    # The ones it took are done; the rest went back with their attempt refunded.
+    assert [(rows[m.pk].status, rows[m.pk].attempts) for m in messages] == [
+        (MessageStatus.SUCCEEDED, 1), (MessageStatus.RETRYING, 0),
+        (MessageStatus.SUCCEEDED, 1), (MessageStatus.RETRYING, 0)]
+    assert rows[messages[1].pk].last_error == "", "not a failed attempt"
+    state = GroupState.objects.get(group="echo:test")
+    assert state.backoffs == 1 and "connection lost mid-batch" in state.reason

@@ -83,3 +83,15 @@ def test_fan_out_without_ignore_conflicts_compiles_for_sql_server(mssql_connecti
     (insert_sql, _params), = query.get_compiler(connection=mssql_connection).as_sql()
     assert insert_sql.startswith("INSERT INTO [integration_events_receivedmessage]")
     assert "IGNORE" not in insert_sql.upper() and "ON CONFLICT" not in insert_sql.upper()
+
+
+def test_received_messages_are_unique_only_where_they_have_a_wire_id(mssql_connection) -> None:
+    """SQL Server counts NULLs as equal in a plain unique constraint: the (origin, wire_id,
+    topic) of received messages must be a filtered index, or the second local message (no
+    wire id) would be refused. mssql-django filters unique_together that way."""
+    with mssql_connection.schema_editor(collect_sql=True, atomic=False) as editor:
+        editor.alter_unique_together(PublishedMessage, [], [("origin", "wire_id", "topic")])
+    (sql,) = editor.collected_sql
+    assert sql.startswith("CREATE UNIQUE INDEX")
+    assert "([origin], [wire_id], [topic])" in sql and "[wire_id] IS NOT NULL" in sql
+    assert ("origin", "wire_id", "topic") in PublishedMessage._meta.unique_together

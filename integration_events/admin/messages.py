@@ -91,6 +91,9 @@ class PublishedMessageAdmin(MessageAdmin):
         if obj is not None and obj.ordering_key:
             main += ORDERING_FIELDS
         sets: list[tuple[str | None, dict[str, Any]]] = [(None, {"fields": main})]
+        if obj is not None and obj.origin:
+            # Received over a broker bridge: where it came from, and its id there.
+            sets.append(("Origin", {"fields": ("origin", "wire_id")}))
         if obj is not None and obj.last_error:
             sets.append(("Outcome" if display.error_kind(obj) == "note" else "Error",
                          {"fields": (self.error_field(obj),)}))

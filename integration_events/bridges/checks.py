@@ -1,5 +1,5 @@
-"""System-check messages for the BRIDGES setting (not registered here: the project's
-checks module calls ``check_bridges`` once the setting is part of INTEGRATION_EVENTS).
+"""System-check messages for the BRIDGES setting (registered by integration_events.checks,
+which calls ``check_bridges``; docs/bridges.md lists every id).
 
 Ids integration_events.E100-E199 / W100-W199 are kept for bridges.
 """
@@ -7,17 +7,19 @@ Ids integration_events.E100-E199 / W100-W199 are kept for bridges.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from django.core.checks import CheckMessage, Error, Warning
 from django.core.exceptions import ImproperlyConfigured
 
 from . import topics
-from .config import BridgeConfig, Transport, parse_bridges
+from .config import SETTING, BridgeConfig, Transport, parse_bridge, parse_bridges
 
 # The module each transport needs, and the extra that installs it.
 LIBRARIES = {Transport.AMQP: ("pika", "amqp")}
+TRANSPORTS = tuple(t.value for t in Transport)
+HINT = "See docs/bridges.md for every key."
 
 
 def library_available(module: str) -> bool:
@@ -30,15 +32,32 @@ def check_bridges(
     *,
     has_library: Callable[[str], bool] = library_available,
 ) -> list[CheckMessage]:
-    """Every problem of the raw BRIDGES setting, as Django check messages."""
-    try:
-        bridges = parse_bridges(raw)
-    except ImproperlyConfigured as exc:
-        return [Error(str(exc), hint="See docs/bridges.md for every key.",
-                      id="integration_events.E100")]
+    """Every problem of the raw BRIDGES setting, as Django check messages (each bridge on
+    its own, so one broken bridge does not hide another's problems)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, Mapping):
+        try:
+            parse_bridges(raw)
+        except ImproperlyConfigured as exc:
+            return [Error(str(exc), hint=HINT, id="integration_events.E100")]
     known = sorted(known_topics)
     messages: list[CheckMessage] = []
-    for config in bridges.values():
+    for name, entry in raw.items():
+        transport = entry.get("TRANSPORT") if isinstance(entry, Mapping) else None
+        if transport is not None and transport not in TRANSPORTS:
+            messages.append(Error(
+                f'{SETTING}["{name}"]["TRANSPORT"] is {transport!r}, not a known transport.',
+                hint="Known transports: " + ", ".join(repr(t) for t in TRANSPORTS)
+                + " (RabbitMQ in DotNetCore.CAP's wire format).",
+                id="integration_events.E104",
+            ))
+            continue
+        try:
+            config = parse_bridge(name, entry)
+        except ImproperlyConfigured as exc:
+            messages.append(Error(str(exc), hint=HINT, id="integration_events.E100"))
+            continue
         messages += _check_one(config, known, has_library)
     return messages
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from django.utils import timezone
@@ -171,7 +172,10 @@ def decode_delivery(
     corr_wire = headers.get(wire.CORR_ID)
     correlation = wire.correlation_uuid(corr_wire if isinstance(corr_wire, str) else wire_id)
     sent_text = headers.get(wire.SENT_TIME)
-    sent_at = wire.parse_sent_time(sent_text, now=now) if isinstance(sent_text, str) else None
+    sent_at = None
+    if isinstance(sent_text, str):
+        sent_at = _sent_time(sent_text) if now is None else wire.parse_sent_time(sent_text,
+                                                                                   now=now)
     local = {
         **headers,
         BRIDGE_HEADER: bridge,
@@ -193,6 +197,12 @@ def decode_delivery(
         redelivered=delivery.redelivered,
         delivery_tag=delivery.delivery_tag,
     )
+
+
+@lru_cache(maxsize=1024)
+def _sent_time(text: str) -> datetime | None:
+    """parse_sent_time, once per text: a batch's messages share a handful of seconds."""
+    return wire.parse_sent_time(text)
 
 
 def _no_constants(name: str) -> Any:

@@ -41,3 +41,13 @@ class TopologyConflict(BridgeError):
 class WireEncodingError(InvalidMessage):
     """A stored message cannot be put on the wire (content not JSON, body over the size
     limit). Retrying does not help: it fails at once."""
+
+
+class WireRejected(InvalidMessage):
+    """A received delivery can never be processed (not JSON, not UTF-8, no id, too large,
+    ...): it is stored as a failed message with this error type and the reason."""
+
+
+class Unstorable(InvalidMessage):
+    """A received message the database refused to store (the error says why): kept as a
+    failed message with what could be stored of it."""

@@ -17,6 +17,8 @@ from . import wire
 
 # How much of a rejected body is kept for storing and showing.
 RAW_COPY_BYTES = 64 * 1024
+# The longest wire id and topic a message can be stored with (PublishedMessage's columns).
+MAX_KEY_LENGTH = 255
 _JSON_TYPES = ("application/json", "text/json")
 _TEXT_ENCODINGS = ("utf-8", "utf8", "identity")
 
@@ -180,6 +182,11 @@ def read_headers(delivery: Delivery, *, bridge: str, max_body_bytes: int,
         return view.reject(RejectReason.MISSING_ID, f"no {wire.MSG_ID!r} header")
     if not view.topic.strip():
         return view.reject(RejectReason.MISSING_TOPIC, f"no {wire.MSG_NAME!r} header")
+    for key, value in ((wire.MSG_ID, view.wire_id), (wire.MSG_NAME, view.topic)):
+        if len(value) > MAX_KEY_LENGTH:
+            return view.reject(RejectReason.BROKEN_HEADERS,
+                               f"header {key!r} is {len(value)} characters long, over "
+                               f"{MAX_KEY_LENGTH} (the stored column's size)")
     seq = view.headers.get(wire.CORR_SEQ)
     if seq is not None:
         text = str(seq).strip()

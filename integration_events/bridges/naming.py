@@ -112,10 +112,13 @@ def _rename_text(text: str, naming: Naming, rename: Any) -> str:
         if match.group(1) is None:  # a string value: untouched
             return match.group(0)
         token = match.group(0)[: -len(match.group(1))]
-        key = json.loads(token)
+        # Most keys have no escapes: their text is the key itself (no JSON parse needed).
+        plain = "\\" not in token
+        key = token[1:-1] if plain else json.loads(token)
         new = rename(key, naming)
         if new == key:
             return match.group(0)
-        return json.dumps(new, ensure_ascii=False) + match.group(1)
+        # A renamed key is made of letters, digits and "_" only: quoting it is enough.
+        return (f'"{new}"' if plain else json.dumps(new, ensure_ascii=False)) + match.group(1)
 
     return _STRING.sub(replace, text)

@@ -18,8 +18,11 @@ from typing import Any
 
 import pytest
 
-# The transport tests need the [amqp] extra (pika); the codec tests do not.
-collect_ignore_glob = [] if importlib.util.find_spec("pika") else ["test_amqp*.py"]
+# The tests that talk to the broker need the [amqp] extra (pika); the codec, settings and
+# storing tests do not.
+NEEDS_PIKA = ["test_amqp*.py", "test_sending.py", "test_consuming.py", "test_consume_command.py",
+              "test_cluster.py", "test_two_services.py"]
+collect_ignore_glob = [] if importlib.util.find_spec("pika") else NEEDS_PIKA
 
 HOST, PORT = "127.0.0.1", 5672
 
@@ -112,3 +115,111 @@ def cap_events() -> Iterator[dict[str, Any]]:
     from .cap_events import defined
 
     yield from defined()
+
+
+class Process:
+    """A `manage.py <command>` subprocess on the test database (like tests.conftest.Cluster),
+    with the bridges given as IE_BRIDGES."""
+
+    def __init__(self, args: list[str], bridges: dict[str, Any], log_name: str,
+                 env: dict[str, str] | None = None) -> None:
+        import json
+        import os
+        import sys
+        from pathlib import Path
+
+        from tests.conftest import ROOT, Cluster
+
+        self.args = [sys.executable, str(ROOT / "manage.py"), *args]
+        base = Cluster().env()
+        self.env = {**base, "IE_BRIDGES": json.dumps(bridges), **(env or {})}
+        self.log_path = Path(os.environ.get("IE_VAR_DIR", ROOT / "var")) / f"{log_name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.root = ROOT
+
+    def start(self) -> Process:
+        log = open(self.log_path, "wb")  # noqa: SIM115 - kept open for the process's life
+        self.proc = subprocess.Popen(self.args, cwd=self.root, env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        import os
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-8000:]
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.fixture
+def process() -> Iterator[Callable[..., Process]]:
+    """process(args, bridges, name): start a manage.py subprocess; killed at the end."""
+    started: list[Process] = []
+
+    def start(args: list[str], bridges: dict[str, Any], name: str, **env: str) -> Process:
+        started.append(Process(args, bridges, f"{name}-{len(started)}", env).start())
+        return started[-1]
+
+    yield start
+    for p in started:
+        p.kill()
+
+
+# --- a database that refuses some rows (a real trigger, no mock) ---------------------------
+
+REFUSE = {
+    "sqlite": ("CREATE TRIGGER ie_refuse BEFORE INSERT ON integration_events_publishedmessage "
+               "WHEN {condition} BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END",
+               "DROP TRIGGER ie_refuse"),
+    "postgresql": (
+        "CREATE FUNCTION ie_refuse() RETURNS trigger AS $$ BEGIN IF {condition} THEN RAISE "
+        "EXCEPTION 'refused by a test trigger' USING ERRCODE = '22000'; END IF; RETURN NEW; "
+        "END $$ LANGUAGE plpgsql; CREATE TRIGGER ie_refuse BEFORE INSERT ON "
+        "integration_events_publishedmessage FOR EACH ROW EXECUTE FUNCTION ie_refuse()",
+        "DROP TRIGGER ie_refuse ON integration_events_publishedmessage; "
+        "DROP FUNCTION ie_refuse()"),
+}
+CONDITIONS = {  # headers that only the real message has / a topic the substitute keeps
+    "sqlite": {"headers": "NEW.headers LIKE '%refuse-me%'",
+               "topic": "NEW.topic = 'probe.refused'"},
+    "postgresql": {"headers": "NEW.headers::text LIKE '%refuse-me%'",
+                   "topic": "NEW.topic = 'probe.refused'"},
+}
+
+
+@pytest.fixture
+def refuse() -> Iterator[Any]:
+    """refuse("headers" | "topic"): a real trigger makes the database refuse some rows."""
+    from django.db import connection
+
+    if connection.vendor not in REFUSE:
+        pytest.skip(f"no refusing trigger written for {connection.vendor}")
+    create, drop = REFUSE[connection.vendor]
+    made: list[str] = []
+
+    def make(which: str) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(create.format(condition=CONDITIONS[connection.vendor][which]))
+        made.append(which)
+
+    yield make
+    if made:
+        with connection.cursor() as cursor:
+            for statement in drop.split("; "):
+                cursor.execute(statement)

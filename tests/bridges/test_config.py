@@ -100,3 +100,43 @@ def test_bad_names_and_shapes() -> None:
         parse_bridges(["rabbit"])
     with pytest.raises(ImproperlyConfigured, match=r'\["rabbit"\] must be a dict'):
         parse_bridges({"rabbit": "amqp://h"})
+
+
+# --- the BRIDGES key of INTEGRATION_EVENTS ------------------------------------------------------
+
+
+def test_the_bridges_key_is_parsed_into_bridge_configs() -> None:
+    from integration_events.conf import build_settings
+
+    settings = build_settings({"BRIDGES": {"rabbit": {"TRANSPORT": "amqp", "URL": "amqp://h/",
+                                                      "SEND": ["a.*"]}}})
+    (config,) = settings.BRIDGES.values()
+    assert (config.name, config.send, config.fail_after) == ("rabbit", ("a.*",), 259200.0)
+    assert build_settings({}).BRIDGES == {} and build_settings({"BRIDGES": None}).BRIDGES == {}
+
+
+def test_a_bad_bridges_key_is_one_problem_that_names_the_bridge_and_key() -> None:
+    from integration_events.conf import SettingsError, build_settings
+
+    with pytest.raises(SettingsError) as info:
+        build_settings({"MAX_ATTEMPTS": 0, "BRIDGES": {"rabbit": {
+            "TRANSPORT": "amqp", "URL": "amqp://h/", "SEND": ["a.b*"]}}})
+    problems = {p.key: p for p in info.value.problems}
+    assert set(problems) == {"MAX_ATTEMPTS", "BRIDGES"}
+    assert problems["BRIDGES"].message.startswith(
+        'INTEGRATION_EVENTS["BRIDGES"]["rabbit"]["SEND"]: pattern \'a.b*\' has the word')
+    assert "docs/bridges.md" in problems["BRIDGES"].hint
+
+
+@pytest.mark.parametrize(("doc", "start"), [("README.md", 'INTEGRATION_EVENTS = {"BRIDGES"'),
+                                            ("docs/bridges.md", "INTEGRATION_EVENTS = {")])
+def test_the_documented_settings_are_valid(doc: str, start: str) -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / doc).read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if b.startswith(start)]
+    namespace: dict[str, Any] = {}
+    exec(block, namespace)  # noqa: S102 - our own documentation
+    (config,) = parse_bridges(namespace["INTEGRATION_EVENTS"]["BRIDGES"]).values()
+    assert config.name == "rabbit" and config.queue == "inventory.v1"

@@ -1,0 +1,187 @@
+"""Two services over RabbitMQ: the demo project twice, on two databases (IE_SERVICE picks
+its sample apps: accounts in one, equipment and files in the other), each with its own
+qcluster and integration_events_consume. A user deleted in the accounts service has their
+files purged in the inventory service, exactly once, even when the message arrives again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+from django.db import connection
+
+from tests.conftest import ROOT, wait_for
+
+pytestmark = [
+    pytest.mark.cluster,
+    # The services run on SQLite files of their own whatever the suite's database is: one
+    # run (the SQLite one) covers them.
+    pytest.mark.skipif(connection.vendor != "sqlite",
+                       reason="its two services run on SQLite; the SQLite run covers it"),
+]
+
+
+class Service:
+    """One copy of the demo project: its own SQLite database, var/ and processes."""
+
+    def __init__(self, name: str, home: Path, url: str, exchange: str) -> None:
+        self.name, self.home = name, home
+        home.mkdir(parents=True, exist_ok=True)
+        keep = {k: v for k, v in os.environ.items() if not k.startswith(("IE_", "DJANGO_"))}
+        self.env = {**keep, "DJANGO_SETTINGS_MODULE": "project.settings", "IE_SERVICE": name,
+                    "IE_DB": "sqlite", "IE_VAR_DIR": str(home),
+                    "IE_SQLITE_PATH": str(home / "db.sqlite3"), "IE_AMQP_URL": url,
+                    "IE_AMQP_EXCHANGE": exchange, "IE_DEMO_FAULTS": "0",
+                    "PYTHONUNBUFFERED": "1"}
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def manage(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], cwd=ROOT,
+                              env=self.env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{self.name}: {args}: {done.stderr[-3000:]}"
+        return done.stdout
+
+    def shell(self, code: str) -> str:
+        return self.manage("shell", "-v", "0", "-c", code).strip()
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.home / f"{args[0]}.log", "wb")  # noqa: SIM115 - the process's
+        proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), *args], cwd=ROOT,
+                                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append((args[0], proc))
+        return proc
+
+    def log(self, command: str) -> str:
+        return (self.home / f"{command}.log").read_text(errors="replace")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {self.name} {c}\n{self.log(c)[-3000:]}" for c, _ in self.procs)
+
+    def one(self, sql: str, *params: Any) -> Any:
+        with sqlite3.connect(self.home / "db.sqlite3", timeout=20) as db:
+            return db.execute(sql, params).fetchone()[0]
+
+    def stop(self) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def services(tmp_path: Path, url: str, unique: Callable[[str], str]) -> Iterator[Any]:
+    exchange = unique("services")
+    made = [Service(name, tmp_path / name, url, exchange) for name in ("accounts", "inventory")]
+    yield made
+    for service in made:
+        service.stop()
+
+
+def test_a_user_deleted_in_one_service_has_their_files_purged_in_the_other_once(
+        services: list[Service], peer: Any, url: str, unique: Callable[[str], str]) -> None:
+    accounts, inventory = services
+    for service in services:
+        service.manage("migrate", "--no-input", "-v", "0")
+        service.start("qcluster")
+        service.start("integration_events_consume")
+    # A spy on the exchange keeps a copy of what accounts sends, to send it again later.
+    spy = unique("spy")
+    peer.exchange_declare(accounts.env["IE_AMQP_EXCHANGE"], "topic", durable=True)
+    peer.queue_declare(spy)
+    peer.queue_bind(spy, accounts.env["IE_AMQP_EXCHANGE"], "accounts.user-deleted")
+    for service in services:
+        wait_for(lambda s=service: "consuming queue" in s.log("integration_events_consume"),
+                 60, f"{service.name}'s consumer", service.logs)
+
+    user_id = int(accounts.shell(
+        "from accounts.services import register_user; "
+        "print(register_user(username='ada', email='ada@example.com').pk)"))
+    wait_for(lambda: inventory.one("SELECT count(*) FROM equipment_knownuser WHERE user_id=?",
+                                   user_id), 60, "UserRegistered in inventory", inventory.logs)
+    inventory.shell(
+        "from files.services import store_file; "
+        "from equipment.services import create_equipment, check_out; "
+        f"store_file(name='cv.txt', content=b'ada', owner_id={user_id}); "
+        f"store_file(name='photo.txt', content=b'ada', owner_id={user_id}); "
+        f"check_out(create_equipment(name='Drill', category='tools').pk, {user_id})")
+    assert inventory.one("SELECT count(*) FROM files_storedfile WHERE owner_id=?", user_id) == 2
+    holding = "SELECT count(*) FROM accounts_equipmentholding WHERE user_id=?"
+    wait_for(lambda: accounts.one(holding, user_id), 60, "EquipmentCheckedOut in accounts",
+             lambda: accounts.logs() + inventory.logs())
+
+    accounts.shell(f"from accounts.services import delete_user; delete_user({user_id})")
+    purged = ("SELECT count(*) FROM integration_events_receivedmessage WHERE "
+              "topic='accounts.user-deleted' AND \"group\"='files' AND status='succeeded'")
+    wait_for(lambda: inventory.one(purged), 60, "UserDeleted handled in inventory",
+             lambda: accounts.logs() + inventory.logs())
+    assert inventory.one("SELECT count(*) FROM files_storedfile WHERE owner_id=?", user_id) == 0
+
+    # The same message twice more (a CAP producer retrying, or a redelivery).
+    with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+        channel = connection.channel()
+        method, properties, body = channel.basic_get(spy, auto_ack=True)
+        assert method is not None and properties.headers["cap-msg-name"] == \
+            "accounts.user-deleted"
+        for _ in range(2):
+            channel.basic_publish(accounts.env["IE_AMQP_EXCHANGE"], method.routing_key, body,
+                                  properties)
+    consume = next(p for c, p in inventory.procs if c == "integration_events_consume")
+    wait_for(lambda: "2 duplicates" in _stop_report(consume, inventory), 30,
+             "the copies seen as duplicates", inventory.logs)
+    received = ("SELECT count(*) FROM integration_events_publishedmessage WHERE "
+                "origin='rabbit' AND topic='accounts.user-deleted'")
+    assert inventory.one(received) == 1
+    assert inventory.one("SELECT count(*) FROM integration_events_receivedmessage WHERE "
+                         "topic='accounts.user-deleted' AND \"group\"='files'") == 1
+    assert inventory.one("SELECT max(attempts) FROM integration_events_receivedmessage WHERE "
+                         "topic='accounts.user-deleted' AND \"group\"='files'") == 1
+    # The chain went on across the services: inventory checked the drill in on UserDeleted,
+    # and accounts heard of it, in the same correlation as the deletion.
+    wait_for(lambda: accounts.one(holding, user_id) == 0, 60, "EquipmentCheckedIn in accounts",
+             lambda: accounts.logs() + inventory.logs())
+    chain = ("SELECT count(DISTINCT correlation_id) FROM integration_events_publishedmessage "
+             "WHERE topic IN ('accounts.user-deleted', 'equipment.equipment-checked-in')")
+    assert accounts.one(chain) == 1
+
+
+def _stop_report(consume: subprocess.Popen[bytes], service: Service) -> str:
+    """SIGTERM the consumer once, then its output (its last line sums up)."""
+    if consume.poll() is None:
+        import time
+
+        time.sleep(1.0)  # the copies are in the queue; let the consumer take them
+        consume.send_signal(signal.SIGTERM)
+        consume.wait(timeout=20)
+    return service.log("integration_events_consume")
+
+
+def test_the_demo_script_tells_its_story(tmp_path: Path, url: str,
+                                         unique: Callable[[str], str]) -> None:
+    """scripts/demo-two-services.sh --once (the README's command, without the admins)."""
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip("the demo script runs the project's .venv (scripts/test.sh makes it)")
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("IE_", "DJANGO_"))}
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "demo-two-services.sh"), "--once"], cwd=ROOT,
+        env={**keep, "IE_VAR_DIR": str(tmp_path), "IE_AMQP_URL": url,
+             "IE_AMQP_EXCHANGE": unique("demo")},
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for line in ("inventory knows user", "accounts knows ada holds the drill",
+                 "inventory purged ada's files and checked the drill in",
+                 "accounts heard the drill is back", "Two-services demo done."):
+        assert line in done.stdout, done.stdout
