@@ -176,7 +176,8 @@ def run_batch_handler(ex: Executor, taken: Claim[ReceivedMessage], rows: list[Re
         return stats
     stop: BaseException | None = None
     try:
-        results = list(sub.batch_handler([p.delivery for p in prepared]))
+        with ex.strategy.running_batch(prepared[0].row.group, len(prepared)):
+            results = list(sub.batch_handler([p.delivery for p in prepared]))
         if len(results) != len(prepared):
             raise IntegrationEventsError(
                 f"batch handler {sub.dotted_path} reported {len(results)} outcomes for "

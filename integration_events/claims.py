@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol
 
 from django.db import connections, transaction
-from django.db.models import F
+from django.db.models import Case, F, PositiveIntegerField, When
 from django.utils.module_loading import import_string
 
 from .conf import IntegrationEventsSettings, get_settings
@@ -46,7 +46,8 @@ class ClaimStrategy(Protocol):
     - ``keep_going(row)`` is asked before each handler of a unit after its first; False
       stops the unit there (what ran commits; the rest is admitted again or goes back).
     - ``running(row)`` is entered around each handler run of a claimed row (inside the
-      unit's transaction).
+      unit's transaction); ``running_batch(group, count)`` around one call of a batch handler
+      with ``count`` deliveries of ``group``.
     """
 
     def select(self, qs: MessageQuerySet[Any], limit: int, *, skip_locked: bool) -> list[Any]:
@@ -60,6 +61,9 @@ class ClaimStrategy(Protocol):
         ...
 
     def running(self, row: ReceivedMessage) -> AbstractContextManager[None]:
+        ...
+
+    def running_batch(self, group: str, count: int) -> AbstractContextManager[None]:
         ...
 
 
@@ -90,6 +94,9 @@ class OldestFirst:
         return True
 
     def running(self, row: ReceivedMessage) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def running_batch(self, group: str, count: int) -> AbstractContextManager[None]:
         return nullcontext()
 
 
@@ -146,11 +153,13 @@ class Claim(Generic[M]):
 
 
 def claim(model: type[M], using: str, limit: int, claimer: str, strategy: ClaimStrategy, *,
-          count_attempt: bool) -> Claim[M]:
+          count_attempt: bool | frozenset[str]) -> Claim[M]:
     """Take up to ``limit`` due rows of ``model`` under a fresh lease token.
 
-    ``count_attempt`` counts the attempt in the claim itself (dispatch); execution counts it
-    just before each handler runs instead, so rows handed back unstarted lose nothing."""
+    ``count_attempt`` counts the attempt in the claim itself: True for every row (dispatch),
+    or a set of groups (inbox rows of batch handlers, which start as soon as they are claimed:
+    one commit fewer per batch). Other rows are counted just before each handler runs
+    instead; either way a row handed back unstarted gets its attempt back."""
     token = uuid.uuid4()
     manager: Any = model.objects.using(using)
     skip_locked = connections[using].features.has_select_for_update_skip_locked
@@ -164,11 +173,18 @@ def claim(model: type[M], using: str, limit: int, claimer: str, strategy: ClaimS
             "lease_until": after(get_settings().LEASE_SECONDS),
             "claimed_by": claimer,
         }
-        if count_attempt:
+        if count_attempt is True:
             changes["attempts"] = F("attempts") + 1
+        elif count_attempt:
+            changes["attempts"] = Case(
+                When(group__in=sorted(count_attempt), then=F("attempts") + 1),
+                default=F("attempts"), output_field=PositiveIntegerField())
         # The status condition makes this a compare-and-set where rows are not locked.
         manager.filter(pk__in=pks, status__in=ACTIVE_STATUSES).update(**changes)
     position = {pk: i for i, pk in enumerate(pks)}
     held: list[M] = list(manager.held(token).filter(pk__in=pks))
     rows = sorted(held, key=lambda r: position[r.pk])
-    return Claim(model, using, token, rows)
+    taken = Claim(model, using, token, rows)
+    if count_attempt and count_attempt is not True:
+        taken.counted.update(r.pk for r in rows if getattr(r, "group", None) in count_attempt)
+    return taken

@@ -39,7 +39,13 @@ from .instrumentation import Hooks
 from .leases import LeaseKeeper
 from .models import PublishedMessage, ReceivedMessage
 from .outcomes import Outcome, PassStats
-from .registry import ExecutionMode, get_subscription, group_limits, unknown_topic_retry
+from .registry import (
+    ExecutionMode,
+    batch_groups,
+    get_subscription,
+    group_limits,
+    unknown_topic_retry,
+)
 from .rules import NOT_THE_ROWS_FAULT, STOP_EXCEPTIONS
 from .signals import message_succeeded
 
@@ -74,7 +80,7 @@ class Executor:
         whether the claim came back full."""
         stats = PassStats()
         taken = claim(ReceivedMessage, self.using, limit, self.claimer, self.strategy,
-                      count_attempt=False)
+                      count_attempt=batch_groups())
         if not taken:
             return stats, False
         messages = PublishedMessage.objects.using(self.using).in_bulk(
@@ -117,9 +123,11 @@ class Executor:
                 chunks.setdefault(row.group if limit else "", []).append(row)
             else:
                 singles.append(row)
-        for rows in (*chunks.values(), *batches.values()):
+        for rows in chunks.values():
             for start in range(0, len(rows), size):
                 yield rows[start:start + size]
+        # A batch handler's unit is not a transaction: all of the group's rows go in one call.
+        yield from batches.values()
         for row in singles:
             yield [row]
 

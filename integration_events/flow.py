@@ -211,6 +211,9 @@ class FairShare(OldestFirst):
     def running(self, row: ReceivedMessage) -> AbstractContextManager[None]:
         return _Timed(self, row.group)
 
+    def running_batch(self, group: str, count: int) -> AbstractContextManager[None]:
+        return _Timed(self, group, count)
+
     def _held_back(self, using: str, state: _Pass) -> set[str]:
         now = self.clock()
         if now - state.checked_at >= state.poll:
@@ -219,11 +222,13 @@ class FairShare(OldestFirst):
             state.checked_at = now
         return state.held_back
 
-    def observe(self, group: str, seconds: float) -> None:
-        """One handler run of ``group`` took ``seconds``."""
+    def observe(self, group: str, seconds: float, count: int = 1) -> None:
+        """``count`` handler runs of ``group`` (one call of a batch handler for several) took
+        ``seconds``."""
+        each = seconds / max(count, 1)
         previous = self.cost.get(group)
-        self.cost[group] = seconds if previous is None else (
-            EWMA_ALPHA * seconds + (1 - EWMA_ALPHA) * previous)
+        self.cost[group] = each if previous is None else (
+            EWMA_ALPHA * each + (1 - EWMA_ALPHA) * previous)
         state = self.current
         state.seconds[group] = state.seconds.get(group, 0.0) + seconds
         if self.empty_at:
@@ -233,16 +238,16 @@ class FairShare(OldestFirst):
 class _Timed:
     """Times one handler run for ``FairShare.observe`` (a plain class: this is per handler)."""
 
-    __slots__ = ("strategy", "group", "started")
+    __slots__ = ("strategy", "group", "count", "started")
 
-    def __init__(self, strategy: FairShare, group: str) -> None:
-        self.strategy, self.group = strategy, group
+    def __init__(self, strategy: FairShare, group: str, count: int = 1) -> None:
+        self.strategy, self.group, self.count = strategy, group, count
 
     def __enter__(self) -> None:
         self.started = self.strategy.clock()
 
     def __exit__(self, *exc: object) -> None:
-        self.strategy.observe(self.group, self.strategy.clock() - self.started)
+        self.strategy.observe(self.group, self.strategy.clock() - self.started, self.count)
 
 
 def _recheck_after() -> float:

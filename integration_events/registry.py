@@ -335,6 +335,13 @@ def group_limits() -> dict[str, GroupLimits]:
     return limits
 
 
+def batch_groups() -> frozenset[str]:
+    """The groups run by a batch handler (their rows' attempts are counted in the claim)."""
+    if not _resolvers:
+        return frozenset()
+    return frozenset(s.group for s in all_subscriptions() if s.mode is ExecutionMode.BATCH)
+
+
 def get_subscription(topic: str, group: str) -> Subscription | None:
     """The subscription that executes ``group``'s copy of ``topic`` (None: no handler here)."""
     sub = _subscriptions.get(topic, {}).get(group)

@@ -102,8 +102,8 @@ def test_a_group_that_used_its_time_in_a_pass_gives_the_rest_back() -> None:
 
     original = strategy.observe
 
-    def slow_handler_time(group: str, seconds: float) -> None:
-        original(group, 0.6)  # each run "takes" 0.6 s
+    def slow_handler_time(group: str, seconds: float, count: int = 1) -> None:
+        original(group, 0.6 * count, count)  # each run "takes" 0.6 s
 
     strategy.observe = slow_handler_time  # type: ignore[method-assign]
     with override_settings(INTEGRATION_EVENTS={"EXECUTE_BATCH_SECONDS": 1.0,
