@@ -14,9 +14,8 @@ import pytest
 from django.db import connection
 from django.test import override_settings
 
-from integration_events.models import ReceivedMessage
-
 from integration_events import publish_many
+from integration_events.models import ReceivedMessage
 from integration_events.worker import Worker
 from tests.eventapp.events import ProbeHappened
 
