@@ -175,13 +175,16 @@ def run_batch_handler(ex: Executor, taken: Claim[ReceivedMessage], rows: list[Re
     if not prepared or sub.batch_handler is None:
         return stats
     stop: BaseException | None = None
+    group, deliveries = prepared[0].row.group, [p.delivery for p in prepared]
+    results: list[BaseException | None] = []
     try:
-        with ex.strategy.running_batch(prepared[0].row.group, len(prepared)):
-            results = list(sub.batch_handler([p.delivery for p in prepared]))
-        if len(results) != len(prepared):
-            raise IntegrationEventsError(
-                f"batch handler {sub.dotted_path} reported {len(results)} outcomes for "
-                f"{len(prepared)} deliveries")
+        with ex.strategy.running_batch(group, len(prepared)), \
+                ex.hooks.batch(group, deliveries, results):
+            results.extend(sub.batch_handler(deliveries))
+            if len(results) != len(prepared):
+                raise IntegrationEventsError(
+                    f"batch handler {sub.dotted_path} reported {len(results)} outcomes for "
+                    f"{len(prepared)} deliveries")
     except NOT_THE_ROWS_FAULT:
         raise
     except GroupUnavailable as exc:

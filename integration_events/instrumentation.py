@@ -50,8 +50,18 @@ class Instrumentation:
         handler's exception, if any, passes through this context's exit."""
         return nullcontext()
 
+    def batch(self, group: str, deliveries: Sequence[Delivery],
+              results: list[BaseException | None]) -> AbstractContextManager[None]:
+        """Around one call of a batch handler (a run-time group's, e.g. a broker bridge's
+        sender) for ``deliveries``, all of ``group``. The handler's own exception passes
+        through this context's exit; otherwise the engine has filled ``results`` with what
+        the handler reported for each delivery (None: done) before the context exits. Each
+        row's outcome is reported through ``outcome`` afterwards, as for single handlers."""
+        return nullcontext()
+
     def outcome(self, row: MessageBase, outcome: Outcome, error: BaseException | None) -> None:
-        """After an outcome was written for ``row`` (before its transaction commits)."""
+        """After an outcome was written for ``row`` (before its transaction commits; for a
+        lease the sweep found expired, with the sweep's own LeaseExpired error)."""
 
     def process_started(self) -> None:
         """In a new worker process of the cluster, before its first task (django-q2's
@@ -93,6 +103,14 @@ class Hooks:
         if self._only is not None:
             return self._only.attempt(delivery)
         return self._all(i.attempt(delivery) for i in self.instruments)
+
+    def batch(self, group: str, deliveries: Sequence[Delivery],
+              results: list[BaseException | None]) -> AbstractContextManager[None]:
+        if not self.active:
+            return nullcontext()
+        if self._only is not None:
+            return self._only.batch(group, deliveries, results)
+        return self._all(i.batch(group, deliveries, results) for i in self.instruments)
 
     def outcome(self, row: MessageBase, outcome: Outcome, error: BaseException | None) -> None:
         for instrument in self.instruments:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import partial
@@ -225,7 +226,7 @@ class OpenTelemetry(Instrumentation):
         key = (topic, group)
         attrs = self._attrs.get(key)
         if attrs is None:
-            attrs = {"messaging.destination.name": topic}
+            attrs = {"messaging.destination.name": topic} if topic else {}
             if group:
                 attrs["messaging.consumer.group.name"] = group
             self._attrs[key] = attrs
@@ -246,6 +247,14 @@ class OpenTelemetry(Instrumentation):
         if not (tracing or metering):
             return _NOTHING
         return _ProcessSpan(self, delivery, tracing, metering)
+
+    def batch(self, group: str, deliveries: Sequence[Delivery],
+              results: list[BaseException | None]) -> AbstractContextManager[None]:
+        self._ensure_configured()
+        tracing, metering = self.tracing(), self.metering()
+        if not (tracing or metering) or not deliveries:
+            return _NOTHING
+        return _BatchSpan(self, group, deliveries, results, tracing, metering)
 
     def outcome(self, row: MessageBase, outcome: Outcome, error: BaseException | None) -> None:
         counter = _COUNTERS.get(outcome)
@@ -383,6 +392,68 @@ class _ProcessSpan:
             if error is not None:
                 _record_error(self.span, error)
             otel_context.detach(self.token)
+            self.span.end()
+
+
+class _BatchSpan:
+    """One process span around a batch handler's call for many deliveries of one group (the
+    conventions' batch processing: no parent, a link to each message's creation context,
+    ``messaging.batch.message_count``), and one duration point for the call."""
+
+    __slots__ = ("owner", "group", "deliveries", "results", "span", "started", "tracing",
+                 "metering", "topic")
+
+    def __init__(self, owner: OpenTelemetry, group: str, deliveries: Sequence[Delivery],
+                 results: list[BaseException | None], tracing: bool, metering: bool) -> None:
+        self.owner, self.group, self.deliveries, self.results = owner, group, deliveries, results
+        self.tracing, self.metering = tracing, metering
+        self.span: Any = None
+        self.started = 0.0
+        topics = {d.context.topic for d in deliveries}
+        # The destination only when the whole batch has one (the conventions' rule).
+        self.topic = topics.pop() if len(topics) == 1 else ""
+
+    def __enter__(self) -> None:
+        owner = self.owner
+        if self.metering:
+            now = time.time()
+            for delivery in self.deliveries:
+                ctx, created = delivery.context, delivery.message.created_at
+                if ctx.attempt == 1 and isinstance(created, datetime):
+                    owner.latency.record(max(0.0, now - created.timestamp()),
+                                         owner.attributes(ctx.topic, ctx.group))
+        if self.tracing:
+            links = [link for d in self.deliveries for link in (_creation_context(d)[1] or ())]
+            attributes: dict[str, Any] = {
+                "messaging.system": SYSTEM, "messaging.operation.type": "process",
+                "messaging.operation.name": "process", "messaging.consumer.group.name": self.group,
+                "messaging.batch.message_count": len(self.deliveries)}
+            if self.topic:
+                attributes["messaging.destination.name"] = self.topic
+            # A new trace (empty context): the batch's messages come from many traces.
+            self.span = owner.tracer.start_span(
+                f"process {self.topic}" if self.topic else "process",
+                context=otel_context.Context(), kind=SpanKind.CONSUMER, links=links,
+                attributes=attributes)
+        self.started = time.perf_counter()
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        elapsed = time.perf_counter() - self.started
+        failed = [e for e in self.results if e is not None] if error is None else [error]
+        if self.metering:
+            attrs = self.owner.attributes(self.topic, self.group)
+            if failed:
+                attrs = {**attrs, "error.type": type(failed[0]).__qualname__}
+            self.owner.duration.record(elapsed, attrs)
+        if self.span is not None:
+            if error is not None:
+                _record_error(self.span, error)
+            elif failed:
+                first = failed[0]
+                self.span.set_attribute("error.type", type(first).__qualname__)
+                self.span.set_status(Status(StatusCode.ERROR, (
+                    f"{len(failed)} of {len(self.deliveries)} deliveries failed, the first: "
+                    f"{type(first).__qualname__}: {first}")[:500]))
             self.span.end()
 
 

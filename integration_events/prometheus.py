@@ -121,13 +121,19 @@ class DatabaseCollector:
         dead = CounterMetricFamily(
             f"{PREFIX}_dead_lettered", "Inbox rows finished as failed (dead letters), counted "
             "by the minute sweep (two minutes behind)", labels=["database", "group"])
+        skipped = CounterMetricFamily(
+            f"{PREFIX}_skipped", "Inbox rows an operator skipped (ordering keys), counted by "
+            "the minute sweep (two minutes behind)", labels=["database", "group"])
         counts = totals(self.using)
         for group in sorted(groups | {g for g, _ in counts}):
             delivered.add_metric([self.using, group],
                                  counts.get((group, MessageStatus.SUCCEEDED), 0))
             dead.add_metric([self.using, group], counts.get((group, MessageStatus.FAILED), 0))
+            skipped.add_metric([self.using, group],
+                               counts.get((group, MessageStatus.SKIPPED), 0))
         yield delivered
         yield dead
+        yield skipped
         mark = counted_through(self.using)
         if mark is not None:
             through = GaugeMetricFamily(

@@ -26,6 +26,7 @@ from .models import (
     ReceivedMessage,
     later_receipts,
 )
+from .outcomes import Outcome
 from .registry import default_retry, get_subscription, unknown_topic_retry
 from .retry import Decision, GiveUp, Retry, RetryStrategy
 
@@ -86,6 +87,9 @@ class Sweeper:
                 .update(lease_token=None, lease_until=None, **changes)
             if moved and row.attempts:
                 self.failures.announce(row, changes["last_error"], decision)
+                if self.failures.hooks.active:
+                    self.failures.hooks.outcome(
+                        row, Outcome.FAILED if final else Outcome.RETRIED, error)
         if not moved:
             return None
         logger.warning("lease expired %s final=%s", log_fields(row), final,

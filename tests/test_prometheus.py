@@ -20,6 +20,7 @@ from integration_events import prometheus
 from integration_events.counters import advance_counters
 from integration_events.models import MessageStatus, PublishedMessage, ReceivedMessage
 from integration_events.nodes import heartbeat
+from integration_events.operations import skip_received
 from integration_events.testing import deliver_pending, make_due
 from tests.eventapp.events import LonelyHappened, ProbeHappened
 
@@ -61,6 +62,9 @@ def workload() -> None:
     deliver_pending()  # n=7 and n=8 are dead letters now in their group
     publish(ProbeHappened(n=9, behaviour="fail:5", only_group="probe-b"))
     deliver_pending()  # probe-b retrying, probe-a done
+    publish(ProbeHappened(n=11, behaviour="fail:5", only_group="probe-a"))
+    deliver_pending()  # probe-a retrying: an operator skips it
+    skip_received(ReceivedMessage.objects.filter(status=MessageStatus.RETRYING, group="probe-a"))
     publish(ProbeHappened(n=10), delay=3600)  # pending, not due
     publish(LonelyHappened(n=1))  # pending in the outbox, due
     PublishedMessage.objects.filter(topic=LonelyHappened.topic).update(
@@ -92,6 +96,8 @@ def test_the_exposition_matches_the_database() -> None:
             == inbox[(group, "succeeded")]
         assert get("integration_events_dead_lettered_total", group=group) \
             == inbox[(group, "failed")] == 1
+        assert get("integration_events_skipped_total", group=group) \
+            == inbox.get((group, "skipped"), 0) == (1 if group == "probe-a" else 0)
     assert get("integration_events_inbox_messages", group="probe-b", status="retrying") == 1
     assert 7 <= get("integration_events_inbox_oldest_due_age_seconds", group="probe-b") < 60
     assert get("integration_events_inbox_oldest_due_age_seconds", group="probe-a") == 0
