@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from django.db.models.functions import Now
+from django.test import override_settings
 
 from integration_events import publish
 from integration_events.context import Delivery
@@ -108,3 +109,50 @@ def test_a_delivery_reported_unavailable_goes_back_and_the_group_backs_off() -> 
     assert rows[messages[1].pk].last_error == "", "not a failed attempt"
     state = GroupState.objects.get(group="echo:test")
     assert state.backoffs == 1 and "connection lost mid-batch" in state.reason
+
+
+# Backoffs as in production: up to an hour.
+LONG_CAP = {"RETRY_MAX_DELAY": 3600}
+
+
+@pytest.mark.xfail(strict=True, reason="hold_back doubles again for a report made while its "
+                   "backoff is already in force (a unit claimed before it began)")
+@override_settings(INTEGRATION_EVENTS=LONG_CAP)
+def test_a_report_while_the_backoff_is_in_force_does_not_double_it() -> None:
+    from integration_events.groups import hold_back
+
+    assert hold_back("default", "echo:test", 30, "broker refused") == 30
+    first = GroupState.objects.get(group="echo:test")
+    # A second unit of the same pass, claimed before the backoff began, reports it too.
+    again = hold_back("default", "echo:test", 30, "broker refused")
+    state = GroupState.objects.get(group="echo:test")
+    assert 0 < again <= 30
+    assert (state.backoffs, state.backoff_until) == (1, first.backoff_until)
+
+
+@pytest.mark.xfail(strict=True, reason="an outage after the group worked again for longer "
+                   "than its last wait still counts as consecutive for RETRY_MAX_DELAY")
+@override_settings(INTEGRATION_EVENTS=LONG_CAP)
+def test_a_group_that_worked_longer_than_its_last_wait_starts_over() -> None:
+    from django.utils import timezone
+
+    from integration_events.groups import hold_back
+
+    # Four backoffs of 30, 60, 120, 240 s; the last one ended ten minutes ago.
+    GroupState.objects.create(group="echo:test", backoffs=4,
+                              backoff_until=timezone.now() - timedelta(minutes=10))
+    assert hold_back("default", "echo:test", 30, "broker refused") == 30
+    assert GroupState.objects.get(group="echo:test").backoffs == 1
+
+
+@override_settings(INTEGRATION_EVENTS=LONG_CAP)
+def test_an_outage_right_after_resuming_doubles_the_wait() -> None:
+    from django.utils import timezone
+
+    from integration_events.groups import hold_back
+
+    # The last wait (240 s) ended 100 s ago: failing again within one wait is consecutive.
+    GroupState.objects.create(group="echo:test", backoffs=4,
+                              backoff_until=timezone.now() - timedelta(seconds=100))
+    assert hold_back("default", "echo:test", 30, "broker refused") == 480
+    assert GroupState.objects.get(group="echo:test").backoffs == 5
