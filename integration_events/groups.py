@@ -21,21 +21,34 @@ logger = logging.getLogger("integration_events")
 
 def hold_back(using: str, group: str, retry_after: float, reason: str) -> float:
     """Keep ``group``'s rows from being claimed for ``retry_after`` seconds, doubling with
-    each consecutive backoff up to RETRY_MAX_DELAY. Returns the seconds it waits."""
+    each consecutive backoff up to RETRY_MAX_DELAY. Returns the seconds it waits.
+
+    Consecutive: the group fails again within one wait of its last backoff ending (it came
+    back and went away at once); a group that worked for longer starts again from
+    ``retry_after``. A report while a backoff is in force (from a unit claimed before it
+    began) changes nothing: it returns what is left of that backoff."""
     cap = max(retry_after, get_settings().RETRY_MAX_DELAY)
     with transaction.atomic(using=using):
         state, _ = GroupState.objects.using(using).select_for_update().get_or_create(group=group)
         now = timezone.now()
-        # A backoff long past is not "consecutive": start again from retry_after.
-        fresh = state.backoff_until is None or state.backoff_until < now - timedelta(seconds=cap)
+        until = state.backoff_until
+        if until is not None and until > now and state.backoffs:
+            return (until - now).total_seconds()
+        last_wait = _wait(retry_after, cap, state.backoffs)
+        fresh = until is None or not state.backoffs or until < now - timedelta(seconds=last_wait)
         backoffs = 1 if fresh else state.backoffs + 1
-        wait = min(cap, retry_after * 2 ** min(backoffs - 1, 30))
+        wait = _wait(retry_after, cap, backoffs)
         GroupState.objects.using(using).filter(pk=group).update(
             backoffs=backoffs, backoff_until=after(wait), reason=reason[:2000],
             updated_at=Now())
     logger.warning("group backing off group=%s wait=%.1f reason=%r", group, wait, reason[:200],
                    extra={"group": group, "wait": wait, "alias": using})
     return wait
+
+
+def _wait(retry_after: float, cap: float, backoffs: int) -> float:
+    """The wait of the ``backoffs``-th consecutive backoff (0 for none)."""
+    return min(cap, retry_after * 2 ** min(backoffs - 1, 30)) if backoffs else 0.0
 
 
 @dataclass

@@ -465,7 +465,7 @@ class GroupState(models.Model):
     paused = models.BooleanField(default=False)
     paused_at = models.DateTimeField(null=True, blank=True)
     backoff_until = models.DateTimeField(null=True, blank=True)
-    # Consecutive backoffs (each waits twice as long, up to the retry cap); 0 once it works.
+    # Consecutive backoffs (each waits twice as long, up to the retry cap): groups.hold_back.
     backoffs = models.PositiveIntegerField(default=0)
     reason = models.TextField(blank=True, default="")
     updated_at = models.DateTimeField(db_default=Now())

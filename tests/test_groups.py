@@ -115,8 +115,6 @@ def test_a_delivery_reported_unavailable_goes_back_and_the_group_backs_off() -> 
 LONG_CAP = {"RETRY_MAX_DELAY": 3600}
 
 
-@pytest.mark.xfail(strict=True, reason="hold_back doubles again for a report made while its "
-                   "backoff is already in force (a unit claimed before it began)")
 @override_settings(INTEGRATION_EVENTS=LONG_CAP)
 def test_a_report_while_the_backoff_is_in_force_does_not_double_it() -> None:
     from integration_events.groups import hold_back
@@ -130,8 +128,6 @@ def test_a_report_while_the_backoff_is_in_force_does_not_double_it() -> None:
     assert (state.backoffs, state.backoff_until) == (1, first.backoff_until)
 
 
-@pytest.mark.xfail(strict=True, reason="an outage after the group worked again for longer "
-                   "than its last wait still counts as consecutive for RETRY_MAX_DELAY")
 @override_settings(INTEGRATION_EVENTS=LONG_CAP)
 def test_a_group_that_worked_longer_than_its_last_wait_starts_over() -> None:
     from django.utils import timezone
