@@ -123,3 +123,26 @@ def test_a_lease_the_sweep_finds_expired_is_counted(otel: Telemetry) -> None:
     assert ReceivedMessage.objects.get(group="probe-a").status == MessageStatus.FAILED
     assert otel.sums(RETRIED) == {(TOPIC, "probe-a"): 1}
     assert otel.sums(DEAD_LETTERED) == {(TOPIC, "probe-a"): 1}
+
+
+def test_histogram_points_are_handed_over_in_runs_and_none_is_lost(otel: Telemetry) -> None:
+    from integration_events.otel import POINTS_BATCH
+
+    publish_many([ProbeHappened(n=n) for n in range(40)])
+    deliver_pending()
+    # 80 attempts: 80 durations and 80 latencies, handed to the SDK POINTS_BATCH at a time...
+    assert 0 < len(otel.instrument._points) < POINTS_BATCH
+    # ...and the rest when the SDK collects.
+    assert sum(p.count for p in otel.points(PROCESS_DURATION)) == 80
+    assert sum(p.count for p in otel.points(PUBLISH_TO_START)) == 80
+    assert len(otel.instrument._points) == 0
+
+
+def test_a_duration_point_keeps_its_process_span_as_exemplar(otel: Telemetry) -> None:
+    publish(ProbeHappened(n=1, only_group="probe-a"))
+    deliver_pending()
+    spans = {s.context.span_id: s for s in otel.finished("process ")}
+    exemplars = [e for p in otel.points(PROCESS_DURATION) for e in p.exemplars]
+    assert exemplars, "the SDK's default filter keeps exemplars of sampled spans"
+    for exemplar in exemplars:
+        assert exemplar.span_id in spans, "the span current when the handler ended"
