@@ -52,8 +52,14 @@ class _Result:
 
 def _prepare_all(ex: Executor, taken: Claim[ReceivedMessage], rows: list[ReceivedMessage],
                  messages: Messages, stats: PassStats) -> list[Prepared]:
-    # Rows of a chunk that was cut short come back counted already.
-    already = taken.counted.copy()
+    if taken.token is None:
+        # A locked claim: the attempt is counted in the write that records each outcome.
+        for row in rows:
+            row.attempts += 1
+        already = {r.pk for r in rows}
+    else:
+        # Rows of a chunk that was cut short come back counted already.
+        already = taken.counted.copy()
     fresh = [r for r in rows if r.pk not in already]
     counted, lost = ex.count_attempts(taken, fresh) if fresh else ([], 0)
     if len(fresh) < len(rows):
