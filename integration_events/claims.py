@@ -18,13 +18,14 @@ Rows of other groups in the same claim are leased as above, just before the comm
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol
 
-from django.db import connections, transaction
+from django.db import DatabaseError, InterfaceError, connections, transaction
 from django.db.models import Case, F, PositiveIntegerField, When
 from django.utils.module_loading import import_string
 
@@ -235,15 +236,38 @@ def _run_locked(manager: Any, using: str, pks: list[Any], groups: frozenset[str]
     rows = list(manager.filter(pk__in=pks, group__in=sorted(groups)).select_related("message"))
     if not rows:
         return 0, None, pks
-    connection = connections[using]
-    if connection.vendor == "postgresql" and outermost:
-        # A worker that hangs while holding the locks loses them as it would lose a lease
-        # (not set inside a caller's transaction: SET LOCAL would outlive the claim).
-        ms = int(get_settings().LEASE_SECONDS * 1000)
-        with connection.cursor() as cursor:
-            cursor.execute(f"SET LOCAL idle_in_transaction_session_timeout = {ms}")
     position = {pk: i for i, pk in enumerate(pks)}
     rows.sort(key=lambda r: position[r.pk])
-    stop = run(rows)
+    if not outermost:  # a caller's transaction: the timeout would outlive the claim
+        stop = run(rows)
+    else:
+        _idle_timeout(using, get_settings().LEASE_SECONDS)
+        try:
+            stop = run(rows)
+        finally:
+            _idle_timeout(using, None)
     ids = {r.pk for r in rows}
     return len(rows), stop, [pk for pk in pks if pk not in ids]
+
+
+def _idle_timeout(using: str, seconds: float | None) -> None:
+    """A worker that hangs while holding a locked claim loses it as it would lose a lease:
+    the server ends a session idle in its transaction for ``seconds`` (None: back to the
+    default once the rows have run). PostgreSQL: for this transaction only (SET LOCAL);
+    MariaDB: for the session, so it is reset. Other databases: the locks last as long as
+    the worker's connection."""
+    connection = connections[using]
+    if connection.vendor == "postgresql":
+        if seconds is not None:
+            with connection.cursor() as cursor:
+                ms = int(seconds * 1000)
+                cursor.execute(f"SET LOCAL idle_in_transaction_session_timeout = {ms}")
+    elif connection.vendor == "mysql" and getattr(connection, "mysql_is_mariadb", False):
+        value = "DEFAULT" if seconds is None else str(max(1, math.ceil(seconds)))
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SET SESSION idle_transaction_timeout = {value}")
+        except (DatabaseError, InterfaceError):
+            if seconds is not None:
+                raise
+            # The reset after the server ended the session: a new session starts clean.

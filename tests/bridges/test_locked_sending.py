@@ -158,11 +158,14 @@ def test_a_worker_that_dies_before_the_commit_leaves_the_rows_to_be_sent_again(
     assert {(r.status, r.attempts) for r in rows(out.group)} == {(MessageStatus.SUCCEEDED, 1)}
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's idle timeout")
+@pytest.mark.skipif(connection.vendor not in ("postgresql", "mysql"),
+                    reason="PostgreSQL's and MariaDB's idle timeouts")
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_hung_in_its_locked_claim_loses_it_after_lease_seconds(
         bridged: Callable[..., Any], peer: Any,
         instrumented: Callable[..., None]) -> None:
+    if connection.vendor == "mysql" and not connection.mysql_is_mariadb:
+        pytest.skip("MySQL has no idle_transaction_timeout")
     out = bridged(**ALONE)
     publish_many([LonelyHappened(n=n) for n in range(5)])
     instrumented(HangBeforeCommit, LEASE_SECONDS=1)
@@ -177,6 +180,10 @@ def test_a_worker_hung_in_its_locked_claim_loses_it_after_lease_seconds(
     drain(peer, out.queue, expect=5)
     Worker(keep_leases=False).run_until_idle()
     assert {(r.status, r.attempts) for r in rows(out.group)} == {(MessageStatus.SUCCEEDED, 1)}
+    if connection.vendor == "mysql":  # the session's timeout was set back after the claim
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT @@session.idle_transaction_timeout")
+            assert cursor.fetchone() == (0,)
 
 
 def test_a_stop_during_the_batch_records_it_and_stops_after_the_commit(
