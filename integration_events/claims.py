@@ -233,7 +233,11 @@ def _run_locked(manager: Any, using: str, pks: list[Any], groups: frozenset[str]
     under the claim's row locks; returns how many, a stop exception, and the other pks."""
     if manager.model is not ReceivedMessage:
         return 0, None, pks
-    rows = list(manager.filter(pk__in=pks, group__in=sorted(groups)).select_related("message"))
+    # By primary key alone, unordered: with a group condition too, stale statistics after a
+    # burst lead PostgreSQL's planner to scan the whole group per claim. Rows of other
+    # groups in the claim are read here too (and again once leased).
+    rows = [row for row in manager.filter(pk__in=pks).select_related("message").order_by()
+            if row.group in groups]
     if not rows:
         return 0, None, pks
     position = {pk: i for i, pk in enumerate(pks)}

@@ -120,7 +120,10 @@ class MessageQuerySet(models.QuerySet[M]):
         a lease (a locked claim, see integration_events.claims); their attempt is counted in
         this same write, which commits with the transaction or not at all."""
         if token is None:
-            return self.filter(pk__in=list(pks), status__in=ACTIVE_STATUSES).update(
+            # By primary key alone: the rows are locked, so nothing else changed them (a
+            # status condition too can lead the planner, with stale statistics after a
+            # burst, to scan every waiting row per statement).
+            return self.filter(pk__in=list(pks)).update(
                 attempts=models.F("attempts") + 1, lease_token=None, lease_until=None,
                 **changes)
         return self.held(token).filter(pk__in=list(pks)).update(
@@ -138,8 +141,8 @@ class MessageQuerySet(models.QuerySet[M]):
         (``refund``: their attempt was counted already and is given back; ``token`` None:
         rows locked by this transaction, whose attempt was never written)."""
         changes: dict[str, Any] = {"status": MessageStatus.RETRYING, "next_attempt_at": Now()}
-        if token is None:
-            return self.filter(pk__in=list(pks), status__in=ACTIVE_STATUSES).update(**changes)
+        if token is None:  # locked rows (see finish)
+            return self.filter(pk__in=list(pks)).update(**changes)
         if refund:
             changes["attempts"] = models.F("attempts") - 1
         return self.finish(pks, token, **changes)
