@@ -237,11 +237,15 @@ class Executor:
         """Finish ``rows`` as succeeded where ``token`` still holds them (compare-and-set);
         returns how many. The signal fires after commit."""
         done = self.inbox.succeed([r.pk for r in rows], token, get_settings().SUCCEEDED_EXPIRY)
+        self.announce_succeeded(rows)
+        return int(done)
+
+    def announce_succeeded(self, rows: list[ReceivedMessage]) -> None:
+        """The instrumentation's outcome now, the signal after commit."""
         transaction.on_commit(partial(_announce_succeeded, tuple(rows)), using=self.using)
         if self.hooks.active:
             for row in rows:
                 self.hooks.outcome(row, Outcome.SUCCEEDED, None)
-        return int(done)
 
     def succeed(self, rows: list[ReceivedMessage], token: uuid.UUID | None) -> None:
         """Complete all of ``rows`` or raise LeaseLost (inside a transaction: rolled back)."""

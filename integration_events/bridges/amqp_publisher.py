@@ -160,8 +160,13 @@ class AmqpPublisher:
             "connect again; check that RabbitMQ runs and the URL is right."
         )
 
-    def publish_batch(self, messages: Sequence[OutboundMessage]) -> list[PublishResult]:
+    def publish_batch(self, messages: Sequence[OutboundMessage], *,
+                      sent: Callable[[], None] | None = None) -> list[PublishResult]:
         """Publish ``messages`` (persistent, mandatory) and wait for their confirms.
+
+        ``sent``: called once the messages are written to the socket, before waiting for
+        the confirms (other work overlaps the broker's; if it raises, the connection is
+        dropped, as its confirms would be stale).
 
         Returns one result per message, in order. Raises BrokerConnectionLost, carrying
         those results (the confirmed ones reached the broker), when the connection or
@@ -187,6 +192,13 @@ class AmqpPublisher:
                 self._pending[self._next_tag] = index
         finally:
             self._conn.release_output()
+        if sent is not None and not self._closed:
+            self._pump()  # the frames to the socket now, not when the wait starts
+            try:
+                sent()
+            except BaseException:
+                self._teardown()
+                raise
         settled = self._run(lambda: not self._pending, self.confirm_timeout)
         if self._closed or not settled:
             reason = self._error if self._closed else (

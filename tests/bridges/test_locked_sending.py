@@ -39,6 +39,11 @@ def inbox_updates(queries: CaptureQueriesContext) -> list[str]:
     return [q["sql"] for q in queries.captured_queries if INBOX_UPDATE.match(q["sql"])]
 
 
+def savepoints(queries: CaptureQueriesContext) -> list[str]:
+    return [re.sub(r' "?`?\w+"?`?$', "", q["sql"]) for q in queries.captured_queries
+            if "SAVEPOINT" in q["sql"].upper()]
+
+
 def rows(group: str) -> list[ReceivedMessage]:
     return list(ReceivedMessage.objects.filter(group=group).order_by("pk"))
 
@@ -56,9 +61,13 @@ def test_a_bridges_rows_are_written_once_where_rows_can_be_locked(
     assert stats.succeeded == 30
     updates = inbox_updates(queries)
     if LOCKS:
-        # One UPDATE to succeeded (the attempt counted in it); no lease, no PROCESSING.
+        # One UPDATE to succeeded (the attempt counted in it); no lease, no PROCESSING. It
+        # runs while the broker confirms, under a savepoint that is kept.
         assert len(updates) == 1, updates
         assert not any("lease_token\" = '" in u or "PROCESSING" in u.upper() for u in updates)
+        # (The claim's own atomic block is a savepoint too, inside the test's transaction.)
+        assert savepoints(queries) == ["SAVEPOINT", "SAVEPOINT", "RELEASE SAVEPOINT",
+                                       "RELEASE SAVEPOINT"]
     else:
         assert len(updates) == 2, "SQLite: the claim's lease, then the completion"
     assert {(r.status, r.attempts, r.lease_token) for r in rows(out.group)} == {
@@ -79,8 +88,11 @@ def test_refused_and_confirmed_rows_of_one_locked_batch_each_get_their_attempt(
         pass
     with CaptureQueriesContext(connection) as queries:
         worker.execute_batch()
-    # One UPDATE for the confirmed rows, one per refused row (its own reason and backoff).
-    assert len(inbox_updates(queries)) == 1 + 2
+    # All rows written succeeded while the broker confirms; as it refused two, that is rolled
+    # back: then one UPDATE for the confirmed rows, one per refused row (its own reason).
+    assert savepoints(queries) == ["SAVEPOINT", "SAVEPOINT", "ROLLBACK TO SAVEPOINT",
+                                   "RELEASE SAVEPOINT"]
+    assert len(inbox_updates(queries)) == 1 + 1 + 2
     assert sorted((r.status, r.attempts, r.error_type) for r in rows(out.group)) == sorted(
         [(MessageStatus.SUCCEEDED, 1, "")] * 3 + [(MessageStatus.RETRYING, 1, "SendFailed")] * 2)
 
