@@ -4,6 +4,7 @@ against a plain pika baseline in the same run (the machine is shared and noisy).
     .venv/bin/python bench/bridge.py                  # PostgreSQL, the documented run
     .venv/bin/python bench/bridge.py --db sqlite      # SQLite (file database)
     .venv/bin/python bench/bridge.py --smoke          # CI: tiny sizes, asserts no times
+    .venv/bin/python bench/bridge.py --send-only      # sending only: prints, writes nothing
 
 1. sending: N events through the group bridge:<name>, run by an in-process Worker (claim,
    encode in CAP's format, publish with confirms, complete), from the first claim to the
@@ -64,6 +65,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--db", choices=("postgres", "sqlite"), default=None,
                    help="default: postgres (smoke: sqlite)")
     p.add_argument("--no-write", action="store_true", help="print the table only")
+    p.add_argument("--send-only", action="store_true",
+                   help="run the sending phase only and print its figures (implies --no-write)")
     args = p.parse_args()
     args.mode = args.mode or "full"
     args.db = args.db or ("sqlite" if args.mode == "smoke" else "postgres")
@@ -461,6 +464,9 @@ def main() -> int:
         version = subprocess.run(["rabbitmqctl", "version"], capture_output=True, text=True)
         out["rabbitmq"] = version.stdout.strip() or "?"
         phase_send(cfg, url, out)
+        if args.send_only:
+            print(json.dumps(out["send"], indent=1))
+            return 0
         phase_receive(cfg, url, out)
         phase_latency(cfg, url, out)
     finally:

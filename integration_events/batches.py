@@ -27,9 +27,14 @@ from .registry import Subscription
 from .rules import NOT_THE_ROWS_FAULT
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .context import Delivery
     from .execute import Executor
 
 logger = logging.getLogger("integration_events")
+# Django 6.1 renamed savepoint() (5.2 has only the old name).
+_savepoint_create: Any = getattr(transaction, "savepoint_create", None) or transaction.savepoint
 
 Messages = dict[Any, PublishedMessage]
 
@@ -52,8 +57,14 @@ class _Result:
 
 def _prepare_all(ex: Executor, taken: Claim[ReceivedMessage], rows: list[ReceivedMessage],
                  messages: Messages, stats: PassStats) -> list[Prepared]:
-    # Rows of a chunk that was cut short come back counted already.
-    already = taken.counted.copy()
+    if taken.token is None:
+        # A locked claim: the attempt is counted in the write that records each outcome.
+        for row in rows:
+            row.attempts += 1
+        already = {r.pk for r in rows}
+    else:
+        # Rows of a chunk that was cut short come back counted already.
+        already = taken.counted.copy()
     fresh = [r for r in rows if r.pk not in already]
     counted, lost = ex.count_attempts(taken, fresh) if fresh else ([], 0)
     if len(fresh) < len(rows):
@@ -166,10 +177,50 @@ def _rerun_alone(ex: Executor, taken: Claim[ReceivedMessage], prepared: list[Pre
     return stats
 
 
+class Overlap:
+    """The ``sent`` callback of a batch handler whose rows are locked by the claim (not
+    leased): while the outside system confirms (a broker's fsync), every row is written
+    succeeded, under a savepoint. If every delivery did succeed, that write stands (one
+    UPDATE, overlapped with the wait); otherwise it is rolled back and each outcome is
+    written as usual."""
+
+    def __init__(self, ex: Executor, rows: list[ReceivedMessage]) -> None:
+        self.ex, self.rows = ex, rows
+        self.sid: str | None = None
+        self.written = 0
+
+    def __call__(self) -> None:
+        if self.sid is not None:  # once (a batch sent again on a new connection)
+            return
+        self.sid = _savepoint_create(using=self.ex.using)
+        self.written = self.ex.inbox.succeed([r.pk for r in self.rows], None,
+                                             get_settings().SUCCEEDED_EXPIRY)
+
+    def stands(self, results: list[BaseException | None]) -> bool:
+        """Keep the write if every delivery succeeded, else roll it back; True if kept."""
+        if self.sid is None:
+            return False
+        if self.written == len(self.rows) and all(e is None for e in results):
+            transaction.savepoint_commit(self.sid, using=self.ex.using)
+            self.ex.announce_succeeded(self.rows)
+            return True
+        transaction.savepoint_rollback(self.sid, using=self.ex.using)
+        return False
+
+
+def _call_batch(sub: Subscription, deliveries: list[Delivery], overlap: Overlap | None
+                ) -> Sequence[BaseException | None]:
+    handler: Any = sub.batch_handler
+    if overlap is not None:
+        return handler(deliveries, sent=overlap)
+    return handler(deliveries)
+
+
 def run_batch_handler(ex: Executor, taken: Claim[ReceivedMessage], rows: list[ReceivedMessage],
                       messages: Messages, sub: Subscription) -> PassStats:
     """One call of ``sub.batch_handler`` for ``rows`` (not atomic), then one
-    compare-and-set for the successful ones and a recorded failure for each other."""
+    compare-and-set for the successful ones and a recorded failure for each other (rows of
+    a locked claim: see :class:`Overlap`)."""
     stats = PassStats()
     prepared = _prepare_all(ex, taken, rows, messages, stats)
     if not prepared or sub.batch_handler is None:
@@ -177,10 +228,12 @@ def run_batch_handler(ex: Executor, taken: Claim[ReceivedMessage], rows: list[Re
     stop: BaseException | None = None
     group, deliveries = prepared[0].row.group, [p.delivery for p in prepared]
     results: list[BaseException | None] = []
+    overlap = Overlap(ex, [p.row for p in prepared]) \
+        if taken.token is None and sub.batch_sent else None
     try:
         with ex.strategy.running_batch(group, len(prepared)), \
                 ex.hooks.batch(group, deliveries, results):
-            results.extend(sub.batch_handler(deliveries))
+            results.extend(_call_batch(sub, deliveries, overlap))
             if len(results) != len(prepared):
                 raise IntegrationEventsError(
                     f"batch handler {sub.dotted_path} reported {len(results)} outcomes for "
@@ -188,11 +241,17 @@ def run_batch_handler(ex: Executor, taken: Claim[ReceivedMessage], rows: list[Re
     except NOT_THE_ROWS_FAULT:
         raise
     except GroupUnavailable as exc:
+        if overlap is not None:
+            overlap.stands([exc])
         ex.back_off(taken, [p.row for p in prepared], exc)
         return stats
     except BaseException as exc:
         results = [exc] * len(prepared)
         stop = exc if isinstance(exc, ex.stop_exceptions) else None
+    if overlap is not None and overlap.stands(results):
+        taken.done(*overlap.rows)
+        stats.count(Outcome.SUCCEEDED, len(overlap.rows))
+        return stats
     succeeded = [p.row for p, error in zip(prepared, results, strict=True) if error is None]
     # Deliveries the outside system could not take because it went away (a broker connection
     # lost mid-batch) go back unstarted, attempt refunded, and the group backs off; the ones

@@ -6,17 +6,26 @@ Now() + LEASE_SECONDS`` (database time) and the claimer's name. Rows are chosen 
 MySQL 8, SQL Server through mssql-django's READPAST); on SQLite, which has no row locks, the
 claim UPDATE re-checks the status (a compare-and-set) and the single writer serialises
 claimers.
+
+A locked claim (batch handlers such as broker bridges, on databases with SKIP LOCKED): the
+claim's transaction stays open while those rows' batch runs, and each row is written once,
+with its outcome and its attempt (``token`` None in ``MessageQuerySet.finish``), when the
+transaction commits. The row locks keep other claimers off instead of a lease: a worker that
+dies rolls back, and the rows are due again at once (sent again: at least once, as with a
+lease). A hung worker's PostgreSQL session ends after LEASE_SECONDS idle in the transaction.
+Rows of other groups in the same claim are leased as above, just before the commit.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol
 
-from django.db import connections, transaction
+from django.db import DatabaseError, InterfaceError, connections, transaction
 from django.db.models import Case, F, PositiveIntegerField, When
 from django.utils.module_loading import import_string
 
@@ -118,11 +127,14 @@ class Claim(Generic[M]):
 
     model: type[M]
     using: str
-    token: uuid.UUID
+    # None: rows locked by the claim's open transaction instead of leased (a locked claim).
+    token: uuid.UUID | None
     rows: list[M]
     finished: set[Any] = field(default_factory=set)
     # Rows whose attempt is counted although they have not finished (a unit cut short).
     counted: set[Any] = field(default_factory=set)
+    # Rows of the claim run under lock before it committed (not in ``rows``).
+    locked: int = 0
 
     def __iter__(self) -> Iterator[M]:
         return iter(self.rows)
@@ -143,6 +155,8 @@ class Claim(Generic[M]):
         if not rows:
             return 0
         self.done(*rows)
+        if self.token is None:  # locked, never written: due again when the claim commits
+            return len(rows)
         manager = self.model.objects.using(self.using)
         refund = [r.pk for r in rows if r.pk in self.counted]
         plain = [r.pk for r in rows if r.pk not in self.counted]
@@ -152,39 +166,112 @@ class Claim(Generic[M]):
         return int(handed)
 
 
+# Runs the rows of a locked claim inside its transaction; returns a stop exception to raise
+# once the outcomes have committed (None to go on).
+LockedRun = Callable[[list[ReceivedMessage]], BaseException | None]
+
+
 def claim(model: type[M], using: str, limit: int, claimer: str, strategy: ClaimStrategy, *,
-          count_attempt: bool | frozenset[str]) -> Claim[M]:
+          count_attempt: bool | frozenset[str],
+          locked: tuple[frozenset[str], LockedRun] | None = None) -> Claim[M]:
     """Take up to ``limit`` due rows of ``model`` under a fresh lease token.
 
     ``count_attempt`` counts the attempt in the claim itself: True for every row (dispatch),
     or a set of groups (inbox rows of batch handlers, which start as soon as they are claimed:
     one commit fewer per batch). Other rows are counted just before each handler runs
-    instead; either way a row handed back unstarted gets its attempt back."""
+    instead; either way a row handed back unstarted gets its attempt back.
+
+    ``locked`` (groups, run): on a database with SKIP LOCKED, the claimed inbox rows of these
+    groups are not leased but run by ``run`` inside the claim's transaction (see the module
+    docstring); the returned Claim holds the other rows (``locked`` counts these)."""
     token = uuid.uuid4()
     manager: Any = model.objects.using(using)
     skip_locked = connections[using].features.has_select_for_update_skip_locked
+    ran, stop = 0, None
+    outermost = not connections[using].in_atomic_block
     with transaction.atomic(using=using):
         pks = strategy.select(manager.all(), limit, skip_locked=skip_locked)
-        if not pks:
-            return Claim(model, using, token, [])
-        changes: dict[str, Any] = {
-            "status": MessageStatus.PROCESSING,
-            "lease_token": token,
-            "lease_until": after(get_settings().LEASE_SECONDS),
-            "claimed_by": claimer,
-        }
-        if count_attempt is True:
-            changes["attempts"] = F("attempts") + 1
-        elif count_attempt:
-            changes["attempts"] = Case(
-                When(group__in=sorted(count_attempt), then=F("attempts") + 1),
-                default=F("attempts"), output_field=PositiveIntegerField())
-        # The status condition makes this a compare-and-set where rows are not locked.
-        manager.filter(pk__in=pks, status__in=ACTIVE_STATUSES).update(**changes)
+        if pks and locked is not None and skip_locked:
+            ran, stop, pks = _run_locked(manager, using, pks, *locked, outermost=outermost)
+        if pks and stop is None:
+            _lease(manager, pks, token, claimer, count_attempt)
+    if stop is not None:
+        raise stop
+    if not pks:
+        return Claim(model, using, token, [], locked=ran)
     position = {pk: i for i, pk in enumerate(pks)}
     held: list[M] = list(manager.held(token).filter(pk__in=pks))
     rows = sorted(held, key=lambda r: position[r.pk])
-    taken = Claim(model, using, token, rows)
+    taken = Claim(model, using, token, rows, locked=ran)
     if count_attempt and count_attempt is not True:
         taken.counted.update(r.pk for r in rows if getattr(r, "group", None) in count_attempt)
     return taken
+
+
+def _lease(manager: Any, pks: list[Any], token: uuid.UUID, claimer: str,
+           count_attempt: bool | frozenset[str]) -> None:
+    changes: dict[str, Any] = {
+        "status": MessageStatus.PROCESSING,
+        "lease_token": token,
+        "lease_until": after(get_settings().LEASE_SECONDS),
+        "claimed_by": claimer,
+    }
+    if count_attempt is True:
+        changes["attempts"] = F("attempts") + 1
+    elif count_attempt:
+        changes["attempts"] = Case(
+            When(group__in=sorted(count_attempt), then=F("attempts") + 1),
+            default=F("attempts"), output_field=PositiveIntegerField())
+    # The status condition makes this a compare-and-set where rows are not locked.
+    manager.filter(pk__in=pks, status__in=ACTIVE_STATUSES).update(**changes)
+
+
+def _run_locked(manager: Any, using: str, pks: list[Any], groups: frozenset[str],
+                run: LockedRun, *, outermost: bool
+                ) -> tuple[int, BaseException | None, list[Any]]:
+    """Load the claimed rows of ``groups`` with their messages (one query) and run them
+    under the claim's row locks; returns how many, a stop exception, and the other pks."""
+    if manager.model is not ReceivedMessage:
+        return 0, None, pks
+    # By primary key alone, unordered: with a group condition too, stale statistics after a
+    # burst lead PostgreSQL's planner to scan the whole group per claim. Rows of other
+    # groups in the claim are read here too (and again once leased).
+    rows = [row for row in manager.filter(pk__in=pks).select_related("message").order_by()
+            if row.group in groups]
+    if not rows:
+        return 0, None, pks
+    position = {pk: i for i, pk in enumerate(pks)}
+    rows.sort(key=lambda r: position[r.pk])
+    if not outermost:  # a caller's transaction: the timeout would outlive the claim
+        stop = run(rows)
+    else:
+        _idle_timeout(using, get_settings().LEASE_SECONDS)
+        try:
+            stop = run(rows)
+        finally:
+            _idle_timeout(using, None)
+    ids = {r.pk for r in rows}
+    return len(rows), stop, [pk for pk in pks if pk not in ids]
+
+
+def _idle_timeout(using: str, seconds: float | None) -> None:
+    """A worker that hangs while holding a locked claim loses it as it would lose a lease:
+    the server ends a session idle in its transaction for ``seconds`` (None: back to the
+    default once the rows have run). PostgreSQL: for this transaction only (SET LOCAL);
+    MariaDB: for the session, so it is reset. Other databases: the locks last as long as
+    the worker's connection."""
+    connection = connections[using]
+    if connection.vendor == "postgresql":
+        if seconds is not None:
+            with connection.cursor() as cursor:
+                ms = int(seconds * 1000)
+                cursor.execute(f"SET LOCAL idle_in_transaction_session_timeout = {ms}")
+    elif connection.vendor == "mysql" and getattr(connection, "mysql_is_mariadb", False):
+        value = "DEFAULT" if seconds is None else str(max(1, math.ceil(seconds)))
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SET SESSION idle_transaction_timeout = {value}")
+        except (DatabaseError, InterfaceError):
+            if seconds is not None:
+                raise
+            # The reset after the server ended the session: a new session starts clean.

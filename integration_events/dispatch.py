@@ -69,6 +69,7 @@ class Dispatcher:
                       count_attempt=True)
         if not taken:
             return stats, False
+        assert taken.token is not None  # leased: no locked claim of the outbox
         routed: list[Routed] = []
         try:
             for row in taken:

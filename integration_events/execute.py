@@ -3,7 +3,9 @@
 A pass claims due rows (through the claim strategy), then runs them in units:
 - first attempts of atomic handlers, up to EXECUTE_BATCH_SIZE to a transaction
   (:mod:`integration_events.batches`), their attempts counted in one UPDATE first;
-- batch handlers (run-time groups such as broker bridges), a batch per group;
+- batch handlers (run-time groups such as broker bridges), a batch per group; on a
+  database with SKIP LOCKED inside the claim's transaction, each row written once (a locked
+  claim, :mod:`integration_events.claims`);
 - everything else (retries, non-atomic handlers, rows back from an expired lease) one at a
   time, each in its own transaction with its own attempt count, so a handler that kills its
   worker cannot use up its neighbours' attempts again.
@@ -79,10 +81,12 @@ class Executor:
         (``clock()`` time), and what did not start goes back at once. Returns the stats and
         whether the claim came back full."""
         stats = PassStats()
+        groups = self.locked_groups()
+        locked = (groups, partial(self.run_locked, stats)) if groups else None
         taken = claim(ReceivedMessage, self.using, limit, self.claimer, self.strategy,
-                      count_attempt=batch_groups())
+                      count_attempt=batch_groups(), locked=locked)
         if not taken:
-            return stats, False
+            return stats, taken.locked >= limit
         messages = PublishedMessage.objects.using(self.using).in_bulk(
             {row.message_id for row in taken})
         try:
@@ -99,7 +103,35 @@ class Executor:
         finally:
             # Not started (budget spent, not admitted, or a stop exception): back at once.
             self._hand_back_quietly(taken)
-        return stats, len(taken) >= limit
+        return stats, len(taken) + taken.locked >= limit
+
+    def locked_groups(self) -> frozenset[str]:
+        """The batch-handler groups whose rows run under the claim's row locks: all of them
+        on a database with SKIP LOCKED, except groups with a rate or concurrency limit
+        (their admission writes must commit before the batch starts)."""
+        groups = batch_groups()
+        if not groups or not connections[self.using].features.has_select_for_update_skip_locked:
+            return frozenset()
+        limits = group_limits()
+        return frozenset(g for g in groups if g not in limits or not limits[g].limited)
+
+    def run_locked(self, stats: PassStats, rows: list[ReceivedMessage]
+                   ) -> BaseException | None:
+        """Run a locked claim's rows (inside the claim's transaction, see ``claim``), a batch
+        per group; returns a stop exception to raise after the outcomes commit."""
+        taken: Claim[ReceivedMessage] = Claim(ReceivedMessage, self.using, None, rows)
+        messages = {row.message_id: row.message for row in rows}
+        batches: dict[str, list[ReceivedMessage]] = {}
+        for row in rows:
+            batches.setdefault(row.group, []).append(row)
+        try:
+            for group_rows in batches.values():
+                with self.strategy.admit(taken, group_rows) as admitted:
+                    done, _ = self.run_unit(taken, admitted, messages)
+                stats.add(done)
+        except self.stop_exceptions as stop:
+            return stop
+        return None
 
     def plan(self, taken: Claim[ReceivedMessage]) -> Iterator[list[ReceivedMessage]]:
         """The units of a claim, in claim order within each kind: chunks of fresh atomic rows
@@ -201,17 +233,21 @@ class Executor:
             bind_on_commit(self.using, start)
             current_context.reset(reset)
 
-    def complete(self, rows: list[ReceivedMessage], token: uuid.UUID) -> int:
+    def complete(self, rows: list[ReceivedMessage], token: uuid.UUID | None) -> int:
         """Finish ``rows`` as succeeded where ``token`` still holds them (compare-and-set);
         returns how many. The signal fires after commit."""
         done = self.inbox.succeed([r.pk for r in rows], token, get_settings().SUCCEEDED_EXPIRY)
+        self.announce_succeeded(rows)
+        return int(done)
+
+    def announce_succeeded(self, rows: list[ReceivedMessage]) -> None:
+        """The instrumentation's outcome now, the signal after commit."""
         transaction.on_commit(partial(_announce_succeeded, tuple(rows)), using=self.using)
         if self.hooks.active:
             for row in rows:
                 self.hooks.outcome(row, Outcome.SUCCEEDED, None)
-        return int(done)
 
-    def succeed(self, rows: list[ReceivedMessage], token: uuid.UUID) -> None:
+    def succeed(self, rows: list[ReceivedMessage], token: uuid.UUID | None) -> None:
         """Complete all of ``rows`` or raise LeaseLost (inside a transaction: rolled back)."""
         done = self.complete(rows, token)
         if done != len(rows):
@@ -278,8 +314,10 @@ class Executor:
         if unit_seconds >= 0.2 and connections[self.using].vendor == "sqlite":
             time.sleep(min(0.1, unit_seconds / 10))
 
-    def _holding(self, token: uuid.UUID) -> AbstractContextManager[None]:
-        return self.keeper.holding(token) if self.keeper is not None else nullcontext()
+    def _holding(self, token: uuid.UUID | None) -> AbstractContextManager[None]:
+        if self.keeper is None or token is None:
+            return nullcontext()
+        return self.keeper.holding(token)
 
     @staticmethod
     def _hand_back_quietly(taken: Claim[ReceivedMessage]) -> None:

@@ -86,10 +86,11 @@ class Failures:
         return {**base, "status": MessageStatus.RETRYING,
                 "next_attempt_at": after(decision.delay)}, decision
 
-    def record(self, row: MessageBase, token: uuid.UUID, exc: BaseException,
+    def record(self, row: MessageBase, token: uuid.UUID | None, exc: BaseException,
                strategy: RetryStrategy) -> Outcome:
-        """Move ``row`` to retrying or failed if ``token`` still holds it; returns RETRIED,
-        FAILED, or LOST (another worker owns the row now). Signals fire after commit."""
+        """Move ``row`` to retrying or failed if ``token`` still holds it (None: a row locked
+        by this transaction, its attempt counted by this write); returns RETRIED, FAILED, or
+        LOST (another worker owns the row now). Signals fire after commit."""
         changes, decision = self.changes(row, exc, strategy)
         model = type(row)
         if not model.objects.using(self.using).finish([row.pk], token, **changes):

@@ -112,22 +112,37 @@ class MessageQuerySet(models.QuerySet[M]):
             return self.filter(lease_token=token, status=MessageStatus.PROCESSING)
         return self.filter(lease_token__in=list(token), status=MessageStatus.PROCESSING)
 
-    def finish(self, pks: Iterable[Any], token: uuid.UUID, **changes: Any) -> int:
+    def finish(self, pks: Iterable[Any], token: uuid.UUID | None, **changes: Any) -> int:
         """End the claim on these rows with ``changes``, but only where ``token`` still holds
-        them (the compare-and-set); returns how many rows changed."""
+        them (the compare-and-set); returns how many rows changed.
+
+        ``token`` None: rows this transaction holds with ``SELECT ... FOR UPDATE`` instead of
+        a lease (a locked claim, see integration_events.claims); their attempt is counted in
+        this same write, which commits with the transaction or not at all."""
+        if token is None:
+            # By primary key alone: the rows are locked, so nothing else changed them (a
+            # status condition too can lead the planner, with stale statistics after a
+            # burst, to scan every waiting row per statement).
+            return self.filter(pk__in=list(pks)).update(
+                attempts=models.F("attempts") + 1, lease_token=None, lease_until=None,
+                **changes)
         return self.held(token).filter(pk__in=list(pks)).update(
             lease_token=None, lease_until=None, **changes
         )
 
-    def succeed(self, pks: Iterable[Any], token: uuid.UUID, expiry: float) -> int:
+    def succeed(self, pks: Iterable[Any], token: uuid.UUID | None, expiry: float) -> int:
         """Finish the rows as succeeded (deleted ``expiry`` seconds from now)."""
         return self.finish(pks, token, status=MessageStatus.SUCCEEDED, finished_at=Now(),
                            expires_at=after(expiry))
 
-    def hand_back(self, pks: Iterable[Any], token: uuid.UUID, *, refund: bool = False) -> int:
+    def hand_back(self, pks: Iterable[Any], token: uuid.UUID | None, *, refund: bool = False
+                  ) -> int:
         """Return claimed rows that were never started: due again at once, no attempt used
-        (``refund``: their attempt was counted already and is given back)."""
+        (``refund``: their attempt was counted already and is given back; ``token`` None:
+        rows locked by this transaction, whose attempt was never written)."""
         changes: dict[str, Any] = {"status": MessageStatus.RETRYING, "next_attempt_at": Now()}
+        if token is None:  # locked rows (see finish)
+            return self.filter(pk__in=list(pks)).update(**changes)
         if refund:
             changes["attempts"] = models.F("attempts") - 1
         return self.finish(pks, token, **changes)

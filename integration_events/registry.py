@@ -117,6 +117,10 @@ class Subscription:
     # Deliver the stored JSON as is (no event class validates it): for pass-through groups
     # such as a broker bridge.
     raw: bool = False
+    # The batch handler takes ``sent=``: a callable it calls once every delivery is handed
+    # over and only the outside system's confirmations are awaited; the engine writes the
+    # rows' likely outcome meanwhile (see integration_events.batches.Overlap).
+    batch_sent: bool = False
     # Flow control for the whole group (docs/flow-control.md): at most this many handlers of
     # the group running at once across every cluster; at most this many starts per window.
     max_concurrency: int | None = None

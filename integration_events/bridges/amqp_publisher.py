@@ -59,6 +59,29 @@ class PublishResult:
         return self.outcome is PublishOutcome.CONFIRMED
 
 
+class _BatchedConnection(pika.SelectConnection):
+    """A SelectConnection that can hold its output while a batch is published, then write
+    it at once: pika hands each frame (three per message) to the socket in its own send
+    call; one write per batch saves two thirds of the system calls and the broker's reads.
+    Only frames are held, in order; nothing is sent while the I/O loop is not running."""
+
+    _held: list[bytes] | None = None
+
+    def hold_output(self) -> None:
+        self._held = []
+
+    def release_output(self) -> None:
+        held, self._held = self._held, None
+        if held and getattr(self, "_transport", None) is not None:
+            super()._adapter_emit_data(b"".join(held))
+
+    def _adapter_emit_data(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            super()._adapter_emit_data(data)
+
+
 class AmqpPublisher:
     """Publishes CAP-format messages to one topic exchange, a batch at a time."""
 
@@ -111,7 +134,7 @@ class AmqpPublisher:
             self.url, timeout=self.connect_timeout, role=f"bridge {self.name} publisher"
         )
         try:
-            self._conn = pika.SelectConnection(
+            self._conn = _BatchedConnection(
                 params, on_open_callback=self._on_open,
                 on_open_error_callback=self._on_open_error, on_close_callback=self._on_close,
             )
@@ -137,8 +160,13 @@ class AmqpPublisher:
             "connect again; check that RabbitMQ runs and the URL is right."
         )
 
-    def publish_batch(self, messages: Sequence[OutboundMessage]) -> list[PublishResult]:
+    def publish_batch(self, messages: Sequence[OutboundMessage], *,
+                      sent: Callable[[], None] | None = None) -> list[PublishResult]:
         """Publish ``messages`` (persistent, mandatory) and wait for their confirms.
+
+        ``sent``: called once the messages are written to the socket, before waiting for
+        the confirms (other work overlaps the broker's; if it raises, the connection is
+        dropped, as its confirms would be stale).
 
         Returns one result per message, in order. Raises BrokerConnectionLost, carrying
         those results (the confirmed ones reached the broker), when the connection or
@@ -149,17 +177,28 @@ class AmqpPublisher:
             return []
         self._ensure_open()
         self._start_batch(messages)
-        for index, message in enumerate(messages):
+        self._conn.hold_output()
+        try:
+            for index, message in enumerate(messages):
+                try:
+                    self._publish_one(message)
+                except (pika.exceptions.AMQPError, OSError) as exc:
+                    self._closed = True
+                    self._error = self._error or describe(exc)
+                    for rest in range(index, len(messages)):
+                        self._settle(rest, PublishOutcome.CONNECTION_LOST, self._error)
+                    break
+                self._next_tag += 1
+                self._pending[self._next_tag] = index
+        finally:
+            self._conn.release_output()
+        if sent is not None and not self._closed:
+            self._pump()  # the frames to the socket now, not when the wait starts
             try:
-                self._publish_one(message)
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                self._closed = True
-                self._error = self._error or describe(exc)
-                for rest in range(index, len(messages)):
-                    self._settle(rest, PublishOutcome.CONNECTION_LOST, self._error)
-                break
-            self._next_tag += 1
-            self._pending[self._next_tag] = index
+                sent()
+            except BaseException:
+                self._teardown()
+                raise
         settled = self._run(lambda: not self._pending, self.confirm_timeout)
         if self._closed or not settled:
             reason = self._error if self._closed else (

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -78,8 +78,10 @@ class BridgeSender:
     def config(self) -> BridgeConfig:
         return get_settings().BRIDGES[self.name]
 
-    def send_batch(self, deliveries: Sequence[Delivery]) -> list[BaseException | None]:
-        """Publish ``deliveries`` and report each one's outcome, in order."""
+    def send_batch(self, deliveries: Sequence[Delivery], *,
+                   sent: Callable[[], None] | None = None) -> list[BaseException | None]:
+        """Publish ``deliveries`` and report each one's outcome, in order. ``sent`` is called
+        once the last chunk is on its way and only its confirms are awaited."""
         config = self.config()
         outcomes: list[BaseException | None] = [None] * len(deliveries)
         pending: list[tuple[int, OutboundMessage]] = []
@@ -91,8 +93,9 @@ class BridgeSender:
         retried = False
         while pending:
             chunk = pending[: config.batch_size]
+            last = sent if len(pending) <= config.batch_size else None
             try:
-                results = self.publisher(config).publish_batch([m for _, m in chunk])
+                results = self.publisher(config).publish_batch([m for _, m in chunk], sent=last)
             except BrokerConnectionLost as exc:
                 # The confirmed ones reached the broker; the rest are unknown: send them again
                 # once on a fresh connection (a connection that went stale while idle), then
@@ -117,8 +120,10 @@ class BridgeSender:
         message = delivery.message
         event_class = event_class_for(message.topic)
         return encode_message(
+            # The context's headers are the message's (read once, in build_delivery) plus
+            # the local "group", which does not go on the wire.
             topic=message.topic, message_id=message.pk, content=message.content,
-            headers=message.message_headers, naming=config.naming,
+            headers=delivery.context.headers, naming=config.naming,
             type_name=event_class.__name__ if event_class is not None else None,
             max_body_bytes=config.max_body_bytes,
         )
@@ -208,7 +213,7 @@ class _Bridge:
                 topic=topic, group=self.group, handler=self.sender.send_batch,
                 event_type=None, wants_context=False, atomic=False, topic_was_constant=True,
                 retry_overrides=self.overrides, batch_handler=self.sender.send_batch,
-                raw=True,
+                raw=True, batch_sent=True,
             )
         return sub
 

@@ -14,6 +14,8 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -107,6 +109,38 @@ def drain(channel: Any, queue: str, *, expect: int, timeout: float = 5.0) -> lis
             break
     channel.cancel()
     return got
+
+
+@pytest.fixture
+def bridged(url: str, unique: Callable[[str], str], peer: Any) -> Iterator[Callable[..., Any]]:
+    """bridged(name, bind=[patterns], **keys): a bridge in INTEGRATION_EVENTS for this test,
+    and the peer's queue bound to its exchange with ``bind`` (the receiving service)."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    from integration_events.bridging import resolver
+    from tests.eventapp.events import ProbeHappened
+
+    stack = ExitStack()
+    bridges: dict[str, Any] = {}
+
+    def make(name: str = "out", bind: tuple[str, ...] = ("probe.#",), url_: str | None = None,
+             **keys: Any) -> Any:
+        exchange, queue = unique("ex"), unique("peer")
+        peer.exchange_declare(exchange, "topic", durable=True)
+        peer.queue_declare(queue)
+        for pattern in bind:
+            peer.queue_bind(queue, exchange, pattern)
+        bridges[name] = {"TRANSPORT": "amqp", "URL": url_ or url, "EXCHANGE": exchange,
+                         "SEND": [ProbeHappened.topic], **keys}
+        stack.enter_context(override_settings(INTEGRATION_EVENTS={
+            **settings.INTEGRATION_EVENTS, "BRIDGES": dict(bridges)}))
+        return SimpleNamespace(name=name, exchange=exchange, queue=queue,
+                               group=f"bridge:{name}")
+
+    yield make
+    resolver.close()
+    stack.close()
 
 
 @pytest.fixture

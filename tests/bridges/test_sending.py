@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Callable
 from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import pika
@@ -36,32 +34,6 @@ from .helpers import cap_delivery
 pytestmark = pytest.mark.django_db
 PROBE = ProbeHappened.topic
 TRACEPARENT = "00-" + "c" * 32 + "-" + "d" * 16 + "-01"
-
-
-@pytest.fixture
-def bridged(url: str, unique: Callable[[str], str], peer: Any) -> Iterator[Callable[..., Any]]:
-    """bridged(name, bind=[patterns], **keys): a bridge in INTEGRATION_EVENTS for this test,
-    and the peer's queue bound to its exchange with ``bind`` (the receiving service)."""
-    stack = ExitStack()
-    bridges: dict[str, Any] = {}
-
-    def make(name: str = "out", bind: tuple[str, ...] = ("probe.#",), url_: str | None = None,
-             **keys: Any) -> Any:
-        exchange, queue = unique("ex"), unique("peer")
-        peer.exchange_declare(exchange, "topic", durable=True)
-        peer.queue_declare(queue)
-        for pattern in bind:
-            peer.queue_bind(queue, exchange, pattern)
-        bridges[name] = {"TRANSPORT": "amqp", "URL": url_ or url, "EXCHANGE": exchange,
-                         "SEND": [PROBE], **keys}
-        stack.enter_context(override_settings(INTEGRATION_EVENTS={
-            **settings.INTEGRATION_EVENTS, "BRIDGES": dict(bridges)}))
-        return SimpleNamespace(name=name, exchange=exchange, queue=queue,
-                               group=f"bridge:{name}")
-
-    yield make
-    resolver.close()
-    stack.close()
 
 
 def run() -> Any:
