@@ -46,6 +46,7 @@ from .registry import (
     batch_groups,
     get_subscription,
     group_limits,
+    locked_claim_groups,
     unknown_topic_retry,
 )
 from .rules import NOT_THE_ROWS_FAULT, STOP_EXCEPTIONS
@@ -106,10 +107,11 @@ class Executor:
         return stats, len(taken) + taken.locked >= limit
 
     def locked_groups(self) -> frozenset[str]:
-        """The batch-handler groups whose rows run under the claim's row locks: all of them
-        on a database with SKIP LOCKED, except groups with a rate or concurrency limit
-        (their admission writes must commit before the batch starts)."""
-        groups = batch_groups()
+        """The batch-handler groups whose rows run under the claim's row locks: those that
+        ask for it (``Subscription.locked_claim``; a bridge's LOCKED_CLAIMS) on a database
+        with SKIP LOCKED, except groups with a rate or concurrency limit (their admission
+        writes must commit before the batch starts)."""
+        groups = locked_claim_groups()
         if not groups or not connections[self.using].features.has_select_for_update_skip_locked:
             return frozenset()
         limits = group_limits()

@@ -121,6 +121,10 @@ class Subscription:
     # over and only the outside system's confirmations are awaited; the engine writes the
     # rows' likely outcome meanwhile (see integration_events.batches.Overlap).
     batch_sent: bool = False
+    # On a database with SKIP LOCKED, run this batch handler's rows under the claim's row
+    # locks instead of a lease: each row written once, with its attempt (integration_events.
+    # claims). Opt-in: a worker killed while the batch runs counts no attempt.
+    locked_claim: bool = False
     # Flow control for the whole group (docs/flow-control.md): at most this many handlers of
     # the group running at once across every cluster; at most this many starts per window.
     max_concurrency: int | None = None
@@ -344,6 +348,14 @@ def batch_groups() -> frozenset[str]:
     if not _resolvers:
         return frozenset()
     return frozenset(s.group for s in all_subscriptions() if s.mode is ExecutionMode.BATCH)
+
+
+def locked_claim_groups() -> frozenset[str]:
+    """The batch-handler groups that asked to run under the claim's row locks."""
+    if not _resolvers:
+        return frozenset()
+    return frozenset(s.group for s in all_subscriptions()
+                     if s.mode is ExecutionMode.BATCH and s.locked_claim)
 
 
 def get_subscription(topic: str, group: str) -> Subscription | None:

@@ -213,7 +213,7 @@ class _Bridge:
                 topic=topic, group=self.group, handler=self.sender.send_batch,
                 event_type=None, wants_context=False, atomic=False, topic_was_constant=True,
                 retry_overrides=self.overrides, batch_handler=self.sender.send_batch,
-                raw=True, batch_sent=True,
+                raw=True, batch_sent=True, locked_claim=self.config.locked_claims,
             )
         return sub
 

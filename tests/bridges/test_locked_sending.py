@@ -30,8 +30,9 @@ from .conftest import drain
 pytestmark = pytest.mark.django_db
 LOCKS = connection.features.has_select_for_update_skip_locked
 needs_locks = pytest.mark.skipif(not LOCKS, reason="the database has no SKIP LOCKED")
-# A topic no local group subscribes to: the bridge's rows are the only ones.
-ALONE: dict[str, Any] = {"SEND": [LonelyHappened.topic], "bind": ("#",)}
+# A topic no local group subscribes to: the bridge's rows are the only ones; sent under lock.
+ALONE: dict[str, Any] = {"SEND": [LonelyHappened.topic], "bind": ("#",),
+                         "LOCKED_CLAIMS": True}
 INBOX_UPDATE = re.compile(r'^UPDATE "?`?integration_events_receivedmessage', re.IGNORECASE)
 
 
@@ -75,10 +76,28 @@ def test_a_bridges_rows_are_written_once_where_rows_can_be_locked(
     assert len(drain(peer, out.queue, expect=30)) == 30
 
 
+def test_without_locked_claims_a_bridges_rows_are_leased(
+        bridged: Callable[..., Any], peer: Any) -> None:
+    """The default: the claim leases the rows and counts their attempt in a committed write
+    before anything is sent, so a worker killed mid-batch has spent it (guarantee 3)."""
+    out = bridged(**{**ALONE, "LOCKED_CLAIMS": False})
+    publish_many([LonelyHappened(n=n) for n in range(10)])
+    worker = Worker(keep_leases=False)
+    while worker.dispatch_batch().total:
+        pass
+    assert worker.executor.locked_groups() == set()
+    with CaptureQueriesContext(connection) as queries:
+        assert worker.execute_batch().succeeded == 10
+    claim_update, completion = inbox_updates(queries)
+    assert "PROCESSING" in claim_update.upper() and "attempts" in claim_update
+    assert {(r.status, r.attempts) for r in rows(out.group)} == {(MessageStatus.SUCCEEDED, 1)}
+    assert len(drain(peer, out.queue, expect=10)) == 10
+
+
 @needs_locks
 def test_refused_and_confirmed_rows_of_one_locked_batch_each_get_their_attempt(
         bridged: Callable[..., Any], peer: Any, unique: Callable[[str], str]) -> None:
-    out = bridged(bind=(), SEND=ALONE["SEND"])
+    out = bridged(bind=(), SEND=ALONE["SEND"], LOCKED_CLAIMS=True)
     full = unique("full")  # takes 3, the broker nacks the rest
     peer.queue_declare(full, arguments={"x-max-length": 3, "x-overflow": "reject-publish"})
     peer.queue_bind(full, out.exchange, "#")
