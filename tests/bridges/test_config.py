@@ -140,3 +140,15 @@ def test_the_documented_settings_are_valid(doc: str, start: str) -> None:
     exec(block, namespace)  # noqa: S102 - our own documentation
     (config,) = parse_bridges(namespace["INTEGRATION_EVENTS"]["BRIDGES"]).values()
     assert config.name == "rabbit" and config.queue == "inventory.v1"
+
+
+def test_every_bridge_key_is_in_the_documented_table() -> None:
+    import re
+    from pathlib import Path
+
+    from integration_events.bridges.config import BridgeConfig
+
+    text = (Path(__file__).parents[2] / "docs" / "bridges.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", text, re.M))
+    keys = {field.alias for name, field in BridgeConfig.model_fields.items() if name != "name"}
+    assert keys <= documented, keys - documented
