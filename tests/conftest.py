@@ -161,3 +161,21 @@ def _fresh_cache() -> Iterator[None]:
 
     caches["default"].clear()
     yield
+
+
+@pytest.fixture
+def otel() -> Iterator[Any]:
+    """An OpenTelemetry SDK in memory (tests.otel_support.Telemetry), the instrumentation of
+    INTEGRATION_EVENTS for the test, with MAX_ATTEMPTS 3."""
+    from django.test import override_settings
+
+    from tests import otel_support
+
+    telemetry = otel_support.Telemetry()
+    otel_support.CURRENT = telemetry.instrument
+    try:
+        with override_settings(INTEGRATION_EVENTS={
+                "MAX_ATTEMPTS": 3, "INSTRUMENTATION": otel_support.INSTRUMENTATION}):
+            yield telemetry
+    finally:
+        otel_support.CURRENT = None

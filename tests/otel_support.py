@@ -23,6 +23,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from integration_events.otel import OpenTelemetry
 
+# What INTEGRATION_EVENTS["INSTRUMENTATION"] names in the in-process tests (the conftest's
+# ``otel`` fixture sets it).
+CURRENT: OpenTelemetry | None = None
+INSTRUMENTATION = ["tests.otel_support.CURRENT"]
+
 
 class Telemetry:
     """An SDK in memory: spans (exported at once) and metrics (read on demand)."""

@@ -129,26 +129,20 @@ def test_a_report_while_the_backoff_is_in_force_does_not_double_it() -> None:
 
 
 @override_settings(INTEGRATION_EVENTS=LONG_CAP)
-def test_a_group_that_worked_longer_than_its_last_wait_starts_over() -> None:
-    from django.utils import timezone
-
-    from integration_events.groups import hold_back
-
-    # Four backoffs of 30, 60, 120, 240 s; the last one ended ten minutes ago.
-    GroupState.objects.create(group="echo:test", backoffs=4,
-                              backoff_until=timezone.now() - timedelta(minutes=10))
-    assert hold_back("default", "echo:test", 30, "broker refused") == 30
-    assert GroupState.objects.get(group="echo:test").backoffs == 1
-
-
-@override_settings(INTEGRATION_EVENTS=LONG_CAP)
-def test_an_outage_right_after_resuming_doubles_the_wait() -> None:
-    from django.utils import timezone
-
-    from integration_events.groups import hold_back
-
+@pytest.mark.parametrize(("ended_ago", "wait", "backoffs"), [
     # The last wait (240 s) ended 100 s ago: failing again within one wait is consecutive.
+    (100, 480, 5),
+    # It ended ten minutes ago: the group worked for longer than its last wait, start over.
+    (600, 30, 1),
+])
+def test_an_outage_is_consecutive_only_within_one_wait_of_the_last(
+        ended_ago: int, wait: float, backoffs: int) -> None:
+    from django.utils import timezone
+
+    from integration_events.groups import hold_back
+
+    # Four backoffs of 30, 60, 120, 240 s before this one.
     GroupState.objects.create(group="echo:test", backoffs=4,
-                              backoff_until=timezone.now() - timedelta(seconds=100))
-    assert hold_back("default", "echo:test", 30, "broker refused") == 480
-    assert GroupState.objects.get(group="echo:test").backoffs == 5
+                              backoff_until=timezone.now() - timedelta(seconds=ended_ago))
+    assert hold_back("default", "echo:test", 30, "broker refused") == wait
+    assert GroupState.objects.get(group="echo:test").backoffs == backoffs

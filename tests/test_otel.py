@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 from django.db.models import Count, Sum
@@ -29,26 +28,12 @@ from integration_events.otel import (
     OpenTelemetry,
 )
 from integration_events.testing import deliver_pending, make_due
+from tests import otel_support
 from tests.conftest import wait_for
 from tests.eventapp.events import ChainLinked, ProbeHappened
 from tests.otel_support import Telemetry, read_spans
 
 pytestmark = pytest.mark.django_db
-
-# What INTEGRATION_EVENTS["INSTRUMENTATION"] names in these tests (set by the fixture).
-TELEMETRY: OpenTelemetry | None = None
-
-
-@pytest.fixture
-def otel() -> Iterator[Telemetry]:
-    global TELEMETRY
-    telemetry = Telemetry()
-    TELEMETRY = telemetry.instrument
-    with override_settings(INTEGRATION_EVENTS={
-            "MAX_ATTEMPTS": 3, "INSTRUMENTATION": ["tests.test_otel.TELEMETRY"]}):
-        yield telemetry
-    TELEMETRY = None
-
 
 def test_one_trace_from_the_request_through_every_attempt(otel: Telemetry) -> None:
     with otel.tracer.start_as_current_span("POST /equipment/") as request:
@@ -90,7 +75,7 @@ def test_one_trace_from_the_request_through_every_attempt(otel: Telemetry) -> No
 
 def test_an_event_published_by_a_handler_continues_the_trace(otel: Telemetry) -> None:
     with override_settings(INTEGRATION_EVENTS={
-            "MAX_HOPS": 2, "INSTRUMENTATION": ["tests.test_otel.TELEMETRY"]}):
+            "MAX_HOPS": 2, "INSTRUMENTATION": otel_support.INSTRUMENTATION}):
         first = publish(ChainLinked(depth=0))
         deliver_pending()
     creates = {s.attributes["messaging.message.id"]: s for s in otel.finished("create ")}
@@ -124,7 +109,7 @@ def test_a_message_without_a_context_gets_a_root_process_span(otel: Telemetry) -
 
 
 @override_settings(INTEGRATION_EVENTS={
-    "MAX_ATTEMPTS": 3, "INSTRUMENTATION": ["tests.test_otel.TELEMETRY"],
+    "MAX_ATTEMPTS": 3, "INSTRUMENTATION": otel_support.INSTRUMENTATION,
     # A savepoint per handler: the optimistic batch would run the handlers before a failing
     # one twice (the first run rolled back), and the duration histogram counts runs.
     "EXECUTE_OPTIMISTIC": False})
@@ -178,15 +163,14 @@ def test_published_is_counted_at_commit_not_for_a_rollback(otel: Telemetry) -> N
 
 def test_without_an_sdk_nothing_is_recorded_and_nothing_breaks() -> None:
     """The API alone (its proxy providers, no SDK set): deliveries go on, no header added."""
-    global TELEMETRY
-    TELEMETRY = OpenTelemetry()
+    otel_support.CURRENT = OpenTelemetry()
     try:
         with override_settings(INTEGRATION_EVENTS={
-                "INSTRUMENTATION": ["tests.test_otel.TELEMETRY"]}):
+                "INSTRUMENTATION": otel_support.INSTRUMENTATION}):
             message = publish(ProbeHappened(n=1))
             assert deliver_pending().succeeded == 2
     finally:
-        TELEMETRY = None
+        otel_support.CURRENT = None
     assert "traceparent" not in PublishedMessage.objects.get(pk=message.pk).headers
 
 
