@@ -61,15 +61,16 @@ def _prepare_all(ex: Executor, taken: Claim[ReceivedMessage], rows: list[Receive
         # A locked claim: the attempt is counted in the write that records each outcome.
         for row in rows:
             row.attempts += 1
-        already = {r.pk for r in rows}
+        counted = list(rows)
     else:
-        # Rows of a chunk that was cut short come back counted already.
+        # Rows of a chunk that was cut short come back counted already (a copy: counting
+        # the fresh ones adds them to taken.counted).
         already = taken.counted.copy()
-    fresh = [r for r in rows if r.pk not in already]
-    counted, lost = ex.count_attempts(taken, fresh) if fresh else ([], 0)
-    if len(fresh) < len(rows):
-        counted += [r for r in rows if r.pk in already]
-    stats.count(Outcome.LOST, lost)
+        fresh = [r for r in rows if r.pk not in already]
+        counted, lost = ex.count_attempts(taken, fresh) if fresh else ([], 0)
+        if len(fresh) < len(rows):
+            counted += [r for r in rows if r.pk in already]
+        stats.count(Outcome.LOST, lost)
     prepared: list[Prepared] = []
     for row in counted:
         ready = ex.prepare(taken, row, messages.get(row.message_id))

@@ -35,7 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from functools import partial
 from importlib import import_module
@@ -133,7 +133,8 @@ class OpenTelemetry(Instrumentation):
             name: {} for name in (PUBLISHED, DELIVERED, RETRIED, DEAD_LETTERED)}
         for name, description in (
                 (PUBLISHED, "Messages stored in the outbox (counted at commit)"),
-                (DELIVERED, "Handler runs whose inbox row committed as succeeded"),
+                (DELIVERED, "Handler runs recorded as succeeded (counted when the outcome "
+                             "is written, before its transaction commits)"),
                 (RETRIED, "Failed attempts that will be tried again"),
                 (DEAD_LETTERED, "Messages that failed for the last time (dead letters)")):
             meter.create_observable_counter(name, [partial(self._observe, name)],
@@ -295,19 +296,8 @@ _COUNTERS = {Outcome.SUCCEEDED: DELIVERED, Outcome.RETRIED: RETRIED,
              Outcome.FAILED: DEAD_LETTERED}
 
 
-class _Nothing:
-    """The context when neither spans nor metrics are recorded (no SDK): no work at all."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-_NOTHING = _Nothing()
+# The context when neither spans nor metrics are recorded (no SDK): no work at all.
+_NOTHING: AbstractContextManager[None] = nullcontext()
 
 
 def _record_error(span: Any, error: BaseException) -> None:

@@ -136,8 +136,8 @@ class BridgeConsumer:
                     consumer.reject(tag)
                 # A tag nacked already must not be acknowledged (the broker would close the
                 # channel): acknowledge through the last one that was not.
-                kept = [d.delivery_tag for d in batch
-                        if d.delivery_tag not in set(result.dead_letter)]
+                rejected = set(result.dead_letter)
+                kept = [d.delivery_tag for d in batch if d.delivery_tag not in rejected]
                 if kept:
                     consumer.ack_through(max(kept))
             except BrokerUnavailable as exc:
