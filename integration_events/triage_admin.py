@@ -66,7 +66,7 @@ def triage_view(request: HttpRequest, admin_site: AdminSite) -> HttpResponse:
         "group": g,
         "through": g.last_seen.isoformat() if g.last_seen else "",
         "list_url": _admin_url("changelist", query={
-            "status": "failed", "error_type": g.error_type, "handler": g.handler}),
+            "status__exact": "failed", "error_type": g.error_type, "handler": g.handler}),
         "sample_url": _admin_url("change", g.sample.pk) if g.sample is not None else None,
     } for g in groups]
     return render(request, TEMPLATE, {

@@ -203,8 +203,9 @@ class ReceivedMessageAdmin(MessageAdmin):
     list_display = ("id", "topic_path", "group", "status_and_due", "attempts", "created",
                     "error_summary")
     list_filter = ("status", GroupFilter, TopicFilter, DATE_FILTER, BlockingFilter, KeyFilter)
+    # error_type and handler: the triage page's links to a failure group's members.
     allowed_lookups = frozenset({"status__exact", "group", "topic", "blocking",
-                                 "ordering_key"}) | DATE_LOOKUPS
+                                 "ordering_key", "error_type", "handler"}) | DATE_LOOKUPS
     content_lookup = "message__content__icontains"
     actions = (actions.reexecute, actions.skip)
     search_help_text = (
