@@ -180,8 +180,6 @@ def test_each_groups_count_links_to_its_members_in_the_received_list(dead_letter
     assert sorted(counts) == [1, 2, 3]
 
 
-@pytest.mark.xfail(strict=True, reason="triage asks the user's permissions directly, not the "
-                   "registered received-message admin a project may have narrowed")
 def test_a_project_that_narrows_the_received_admin_narrows_triage(dead_letters,
                                                                   monkeypatch) -> None:
     from django.contrib import admin
