@@ -214,9 +214,7 @@ class MessageQuerySet(models.QuerySet[M]):
         for status in ACTIVE_STATUSES:
             rows = self.filter(status=status)
             if grouped:
-                rows = rows.exclude(models.Exists(
-                    GroupState.objects.held_back().filter(group=models.OuterRef("group"))
-                )).in_turn()
+                rows = rows.exclude(models.Exists(_held_back_group())).in_turn()
             first = rows.order_by("next_attempt_at").annotate(db_now=Now()).values_list(
                 "next_attempt_at", "db_now")[:1]
             soonest += [(due - now).total_seconds() for due, now in first]

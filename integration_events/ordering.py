@@ -97,13 +97,6 @@ def blocker(row: ReceivedMessage) -> PublishedMessage | ReceivedMessage | None:
         "id", "status", "topic", "ordering_seq").first()
 
 
-def blocking_dead_letters(using: str = "default") -> Any:
-    """Keyed inbox dead letters that hold back later rows of their key in their group (the
-    ie_recv_key index: failed rows with a key, then a probe each)."""
-    return ReceivedMessage.objects.using(using).filter(
-        status=MessageStatus.FAILED, ordering_key__gt="").filter(Exists(later_receipts()))
-
-
 def blocked_keys(using: str = "default", limit: int = BLOCKED_SCAN_LIMIT) -> tuple[int, bool]:
     """(keys blocked by a dead letter, capped): distinct (key, group) pairs whose first
     unfinished row is a dead letter with later rows waiting, plus keys whose outbox dead
