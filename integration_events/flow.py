@@ -124,9 +124,10 @@ class FairShare(OldestFirst):
         if candidates:
             held = set(GroupState.objects.using(qs.db).held_back().values_list(
                 "group", flat=True))
+            # One lookup for every candidate with a concurrency limit, not one per group.
+            held |= full_groups(qs.db, {g: limits[g] for g in candidates if g in limits})
             for group in candidates:
-                if group in held or (group in limits and full_groups(
-                        qs.db, {group: limits[group]})):
+                if group in held:
                     continue
                 rows = self._group_rows(qs, group, self.share(group, limit), skip_locked)
                 if rows:
