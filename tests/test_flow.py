@@ -159,6 +159,32 @@ def test_concurrency_slots_are_taken_released_and_expire() -> None:
     assert GroupSlot.objects.filter(group="limited").count() == 2
 
 
+def test_the_lease_keeper_renews_the_slots_its_claims_hold() -> None:
+    """A unit's slot is leased under its claim's token and renewed with its rows: a handler
+    that runs longer than LEASE_SECONDS keeps its slot (no extra run elsewhere)."""
+    import uuid
+
+    from integration_events.leases import LeaseKeeper
+
+    token, other = uuid.uuid4(), uuid.uuid4()
+    mine = acquire_slot("default", "limited", 2, str(token))
+    theirs = acquire_slot("default", "limited", 2, str(other))
+    assert mine is not None and theirs is not None
+    # Both nearly expired; the keeper holds only our token.
+    GroupSlot.objects.update(lease_until=Now() + timedelta(seconds=1))
+    before = {s.pk: s.lease_until for s in GroupSlot.objects.all()}
+    keeper = LeaseKeeper("default", 300)
+    with keeper.holding(token):
+        keeper.renew()
+    after = {s.pk: s.lease_until for s in GroupSlot.objects.all()}
+    assert after[mine] > before[mine] + timedelta(seconds=200), "renewed for the lease"
+    assert after[theirs] == before[theirs], "another claim's slot is not ours to renew"
+    # Past the other slot's old lease, ours is still held: no third start for the group.
+    GroupSlot.objects.filter(pk=theirs).update(lease_until=Now() - timedelta(seconds=1))
+    assert acquire_slot("default", "limited", 2, "holder-c") == theirs
+    assert acquire_slot("default", "limited", 2, "holder-d") is None
+
+
 def test_rows_of_a_group_at_its_concurrency_limit_are_not_claimed() -> None:
     from tests.eventapp.events import Limited
 
