@@ -6,11 +6,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
-from django.utils import timezone
 
 from integration_events import operations
-from integration_events.models import GroupState, MessageStatus, ReceivedMessage
-from integration_events.registry import all_subscriptions, group_limits
+from integration_events.groups import WAITING_LIMIT, group_infos
+from integration_events.models import ReceivedMessage
+from integration_events.registry import all_subscriptions
 
 
 class Command(BaseCommand):
@@ -45,24 +45,16 @@ class Command(BaseCommand):
                               else f"group {group} was not paused")
 
     def status(self, database: str) -> None:
-        states = {s.group: s for s in GroupState.objects.using(database)}
-        limits = group_limits()
-        groups = sorted({sub.group for sub in all_subscriptions()} | set(states))
-        waiting = ReceivedMessage.objects.using(database).filter(
-            status__in=(MessageStatus.PENDING, MessageStatus.RETRYING))
-        for group in groups:
-            state = states.get(group)
+        for info in group_infos(database):
             flags = []
-            if state is not None and state.paused:
+            if info.paused:
                 flags.append("paused")
-            if state is not None and state.backoff_until and state.backoff_until > timezone.now():
-                flags.append(f"backing off until {state.backoff_until:%Y-%m-%d %H:%M:%S}")
-            limit = limits.get(group)
-            if limit is not None and limit.max_concurrency:
-                flags.append(f"max_concurrency={limit.max_concurrency}")
-            if limit is not None and limit.rate_limit:
-                flags.append(f"rate_limit={limit.rate_limit}")
-            count = waiting.filter(group=group).order_by()[:10001].count()
-            backlog = "more than 10000" if count > 10000 else str(count)
-            self.stdout.write(f"{group}: {backlog} waiting" + (f" ({', '.join(flags)})"
-                                                                if flags else ""))
+            if info.backoff_until is not None:
+                flags.append(f"backing off until {info.backoff_until:%Y-%m-%d %H:%M:%S}")
+            if info.max_concurrency:
+                flags.append(f"max_concurrency={info.max_concurrency}")
+            if info.rate_limit:
+                flags.append(f"rate_limit={info.rate_limit}")
+            backlog = f"more than {WAITING_LIMIT}" if info.waiting_more else str(info.waiting)
+            self.stdout.write(f"{info.group}: {backlog} waiting" + (f" ({', '.join(flags)})"
+                                                                     if flags else ""))
