@@ -123,6 +123,11 @@ def encode_message(
     out[wire.CORR_SEQ] = str(int(headers.get("correlation-sequence") or 0))
     if not (forwarded and out.get(wire.SENT_TIME)):
         out[wire.SENT_TIME] = wire.format_sent_time(_sent_at(headers, now))
+    for name in (topic, *out):
+        if len(name) > 63 and len(name.encode()) > 255:  # 63 characters are <= 252 bytes
+            raise WireEncodingError(
+                f"{topic[:60]} {message_id}: {name[:60]!r}... is over 255 bytes as UTF-8; AMQP "
+                "carries routing keys and header names as short strings. Shorten it.")
     return OutboundMessage(wire_id=wire_id, routing_key=topic, headers=out, body=body)
 
 
