@@ -45,7 +45,7 @@ def short_string(value: str) -> bytes:
 
 def string_table(table: Mapping[str, str]) -> bytes:
     """A field table whose values are all long strings (``S``), as CAP writes its headers."""
-    parts = []
+    parts: list[bytes] = []
     for key, value in table.items():
         prefix = _keys.get(key)
         if prefix is None:  # the same few header names on every message: encoded once
