@@ -12,8 +12,11 @@ claim's transaction stays open while those rows' batch runs, and each row is wri
 with its outcome and its attempt (``token`` None in ``MessageQuerySet.finish``), when the
 transaction commits. The row locks keep other claimers off instead of a lease: a worker that
 dies rolls back, and the rows are due again at once (sent again: at least once, as with a
-lease). A hung worker's PostgreSQL session ends after LEASE_SECONDS idle in the transaction.
-Rows of other groups in the same claim are leased as above, just before the commit.
+lease); the claim journal (integration_events.journal: one row per batch, committed on a
+second connection before the batch starts, deleted by the claim's commit) lets the sweep
+count the attempt the dead worker spent. A hung worker's session ends after LEASE_SECONDS
+idle in the transaction (PostgreSQL, MariaDB). Rows of other groups in the same claim are
+leased as above, just before the commit.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from django.db import DatabaseError, InterfaceError, connections, transaction
 from django.db.models import Case, F, PositiveIntegerField, When
 from django.utils.module_loading import import_string
 
+from . import journal
 from .conf import IntegrationEventsSettings, get_settings
 from .models import ACTIVE_STATUSES, M, MessageQuerySet, MessageStatus, ReceivedMessage, after
 
@@ -192,7 +196,8 @@ def claim(model: type[M], using: str, limit: int, claimer: str, strategy: ClaimS
     with transaction.atomic(using=using):
         pks = strategy.select(manager.all(), limit, skip_locked=skip_locked)
         if pks and locked is not None and skip_locked:
-            ran, stop, pks = _run_locked(manager, using, pks, *locked, outermost=outermost)
+            ran, stop, pks = _run_locked(manager, using, pks, *locked, outermost=outermost,
+                                         token=token, claimer=claimer)
         if pks and stop is None:
             _lease(manager, pks, token, claimer, count_attempt)
     if stop is not None:
@@ -227,10 +232,12 @@ def _lease(manager: Any, pks: list[Any], token: uuid.UUID, claimer: str,
 
 
 def _run_locked(manager: Any, using: str, pks: list[Any], groups: frozenset[str],
-                run: LockedRun, *, outermost: bool
+                run: LockedRun, *, outermost: bool, token: uuid.UUID, claimer: str
                 ) -> tuple[int, BaseException | None, list[Any]]:
     """Load the claimed rows of ``groups`` with their messages (one query) and run them
-    under the claim's row locks; returns how many, a stop exception, and the other pks."""
+    under the claim's row locks; returns how many, a stop exception, and the other pks.
+    The claim journal (integration_events.journal) records them first, so a worker that dies
+    before the commit still spends their attempt."""
     if manager.model is not ReceivedMessage:
         return 0, None, pks
     # By primary key alone, unordered: with a group condition too, stale statistics after a
@@ -242,14 +249,19 @@ def _run_locked(manager: Any, using: str, pks: list[Any], groups: frozenset[str]
         return 0, None, pks
     position = {pk: i for i, pk in enumerate(pks)}
     rows.sort(key=lambda r: position[r.pk])
-    if not outermost:  # a caller's transaction: the timeout would outlive the claim
+    if not outermost:
+        # A caller's transaction (a test's, or deliver_pending inside atomic): the timeout
+        # would outlive the claim, and a journal row committed beside it would outlive the
+        # caller's rollback. A death there rolls the caller back too, as it would a lease.
         stop = run(rows)
     else:
+        journal.record(using, token, [r.pk for r in rows], claimer)
         _idle_timeout(using, get_settings().LEASE_SECONDS)
         try:
             stop = run(rows)
         finally:
             _idle_timeout(using, None)
+        journal.forget(using, token)  # commits with the rows' outcomes
     ids = {r.pk for r in rows}
     return len(rows), stop, [pk for pk in pks if pk not in ids]
 

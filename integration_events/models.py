@@ -23,6 +23,7 @@ from django.db import connections, models
 from django.db.models.functions import Now
 
 from .exceptions import InvalidHeaders
+from .journal import ClaimJournal  # noqa: F401  (a model of this app: registered here)
 
 
 def uuid7() -> uuid.UUID:
@@ -398,9 +399,9 @@ class ReceivedMessage(MessageBase):
     """
 
     id = models.BigAutoField(primary_key=True)
-    message = models.ForeignKey(
-        PublishedMessage, on_delete=models.CASCADE, related_name="receipts"
-    )
+    # No index of its own: the unique (message, group) constraint leads with it.
+    message = models.ForeignKey(PublishedMessage, on_delete=models.CASCADE,
+                                related_name="receipts", db_index=False)
     group = models.CharField(max_length=100)
     # Copied from the message so that lists and filters need no join.
     topic = models.CharField(max_length=255)

@@ -1,4 +1,5 @@
-"""The sweep (every minute): release expired claims and delete expired finished rows.
+"""The sweep (every minute): release expired claims and the rows of locked claims that died,
+and delete expired finished rows.
 
 A keyed dead letter that still holds back later messages of its key is not deleted when it
 expires (that would release them silently): the sweep keeps it, logs it and counts it until an
@@ -10,14 +11,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db import connections, transaction
+from django.db.models import Exists, F, OuterRef, Q
 from django.db.models.functions import Now
 
 from .conf import get_settings
 from .exceptions import LeaseExpired
 from .failures import Failures, log_extra, log_fields
+from .journal import ClaimJournal
 from .models import (
+    ACTIVE_STATUSES,
     KEYED,
     UNFINISHED_STATUSES,
     MessageBase,
@@ -94,6 +97,59 @@ class Sweeper:
             return None
         logger.warning("lease expired %s final=%s", log_fields(row), final,
                        extra={**log_extra(row), "final": final})
+        return "dead" if final else "released"
+
+    def release_orphaned_claims(self) -> tuple[int, int]:
+        """Count the attempt of rows whose locked claim died before committing (its claim
+        journal row outlived it, integration_events.journal): each goes to retrying with
+        error_type LeaseExpired (then claimed alone), or to failed when its attempts or its
+        age are used up. A journal row is left for the next sweep while any of its rows is
+        locked (its claim still runs) or processing. Returns (released, dead)."""
+        if not connections[self.using].features.has_select_for_update_skip_locked:
+            return 0, 0  # no locked claims here: nothing writes the journal
+        outcomes: list[str] = []
+        entries = ClaimJournal.objects.using(self.using).order_by("created_at")
+        for token in entries.values_list("pk", flat=True)[:1000]:
+            outcomes += self._release_orphan(token)
+        return outcomes.count("released"), outcomes.count("dead")
+
+    def _release_orphan(self, token: Any) -> list[str]:
+        journal = ClaimJournal.objects.using(self.using)
+        manager = ReceivedMessage.objects.using(self.using)
+        with transaction.atomic(using=self.using):
+            entry = journal.select_for_update(skip_locked=True).filter(pk=token).first()
+            if entry is None:
+                return []  # committed (deleted) meanwhile, or another sweep has it
+            rows = manager.filter(pk__in=entry.rows)
+            free = list(rows.select_for_update(skip_locked=True).order_by())
+            if len(free) < rows.count() or any(
+                    r.status == MessageStatus.PROCESSING for r in free):
+                return []  # its claim still holds them, or another worker runs them now
+            outcomes = [self._count_orphan(row, entry) for row in free
+                        if row.status in ACTIVE_STATUSES]
+            journal.filter(pk=token)._raw_delete(self.using)
+        for row, outcome in zip([r for r in free if r.status in ACTIVE_STATUSES], outcomes,
+                                strict=True):
+            logger.warning("locked claim died %s final=%s", log_fields(row), outcome == "dead",
+                           extra={**log_extra(row), "final": outcome == "dead"})
+        return outcomes
+
+    def _count_orphan(self, row: ReceivedMessage, entry: ClaimJournal) -> str:
+        """One row of a dead locked claim: its attempt counted as failed (inside the caller's
+        transaction, the row locked)."""
+        row.attempts += 1
+        error = LeaseExpired(
+            f"the worker that took attempt {row.attempts} ({entry.claimed_by}, in a locked "
+            "claim) died before it committed: killed, crashed, its database session ended, "
+            "or it hung past LEASE_SECONDS")
+        changes, decision = self.failures.changes(row, error, self._retry(row))
+        ReceivedMessage.objects.using(self.using).filter(pk=row.pk).update(
+            attempts=F("attempts") + 1, **changes)
+        self.failures.announce(row, changes["last_error"], decision)
+        final = isinstance(decision, GiveUp)
+        if self.failures.hooks.active:
+            self.failures.hooks.outcome(row, Outcome.FAILED if final else Outcome.RETRIED,
+                                        error)
         return "dead" if final else "released"
 
     @staticmethod

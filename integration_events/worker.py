@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from . import journal
 from .claims import ClaimStrategy, get_strategy
 from .conf import get_settings
 from .dispatch import Dispatcher
@@ -100,21 +101,27 @@ class Worker:
     def run_until_idle(self, max_passes: int = 1000) -> PassStats:
         """Pass after pass until a pass finds nothing due (tests, management commands)."""
         total = PassStats()
-        for _ in range(max_passes):
-            stats = self.run_once()
-            total.add(stats)
-            if not stats.total:
-                break
+        try:
+            for _ in range(max_passes):
+                stats = self.run_once()
+                total.add(stats)
+                if not stats.total:
+                    break
+        finally:
+            journal.close_connections()
         return total
 
     def sweep(self) -> SweepStats:
-        """Release expired leases (failing rows whose attempts are used up) and delete
-        finished rows past their expiry."""
+        """Release expired leases and the rows of locked claims that died (failing rows whose
+        attempts are used up) and delete finished rows past their expiry."""
         stats = SweepStats()
         for model in (PublishedMessage, ReceivedMessage):
             released, dead = self.sweeper.release_expired(model)
             stats.released += released
             stats.dead += dead
+        released, dead = self.sweeper.release_orphaned_claims()
+        stats.released += released
+        stats.dead += dead
         stats.deleted_published, stats.deleted_received = self.sweeper.delete_all_expired()
         stats.kept_blocking = self.sweeper.kept_blocking()
         delete_old_grants(self.using)
@@ -159,6 +166,7 @@ class Worker:
                     self._hand_on_if_due()
             finally:
                 self._heartbeat(total.total)
+                journal.close_connections()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("task done alias=%s %s", self.using,
                          " ".join(f"{k}={v}" for k, v in total.as_dict().items()),

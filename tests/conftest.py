@@ -163,6 +163,16 @@ def _fresh_cache() -> Iterator[None]:
     yield
 
 
+@pytest.fixture(autouse=True)
+def _journal_connections_closed() -> Iterator[None]:
+    """A test that runs a locked claim outside a transaction (transaction=True) opened the
+    claim journal's connection: closed after it, or dropping the test database would fail."""
+    yield
+    from integration_events import journal
+
+    journal.close_connections()
+
+
 @pytest.fixture
 def otel() -> Iterator[Any]:
     """An OpenTelemetry SDK in memory (tests.otel_support.Telemetry), the instrumentation of

@@ -8,6 +8,7 @@ claim. A real RabbitMQ, a real database, and a plain-pika peer."""
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -17,9 +18,11 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from integration_events import publish_many
 from integration_events.instrumentation import Instrumentation
+from integration_events.journal import ClaimJournal
 from integration_events.models import MessageBase, MessageStatus, ReceivedMessage
 from integration_events.outcomes import Outcome
 from integration_events.worker import Worker
@@ -31,8 +34,7 @@ pytestmark = pytest.mark.django_db
 LOCKS = connection.features.has_select_for_update_skip_locked
 needs_locks = pytest.mark.skipif(not LOCKS, reason="the database has no SKIP LOCKED")
 # A topic no local group subscribes to: the bridge's rows are the only ones; sent under lock.
-ALONE: dict[str, Any] = {"SEND": [LonelyHappened.topic], "bind": ("#",),
-                         "LOCKED_CLAIMS": True}
+ALONE: dict[str, Any] = {"SEND": [LonelyHappened.topic], "bind": ("#",)}
 INBOX_UPDATE = re.compile(r'^UPDATE "?`?integration_events_receivedmessage', re.IGNORECASE)
 
 
@@ -187,6 +189,112 @@ def test_a_worker_that_dies_before_the_commit_leaves_the_rows_to_be_sent_again(
     assert sorted(p.headers["cap-msg-id"] for _, p, _ in first) == ids
     assert sorted(p.headers["cap-msg-id"] for _, p, _ in again) == ids, "sent again, same ids"
     assert {(r.status, r.attempts) for r in rows(out.group)} == {(MessageStatus.SUCCEEDED, 1)}
+    # The dead claim's journal row is still there; its rows are done, so the sweep drops it
+    # without counting anything.
+    assert ClaimJournal.objects.count() == 1
+    assert Worker(keep_leases=False).sweep().released == 0
+    assert not ClaimJournal.objects.exists()
+    assert {(r.status, r.attempts) for r in rows(out.group)} == {(MessageStatus.SUCCEEDED, 1)}
+
+
+def kill_a_locked_batch(out: Any, count: int, instrumented: Callable[..., None],
+                        **keys: Any) -> list[Any]:
+    """Publish ``count`` events and run their locked batch until the worker's session is
+    killed before the commit; returns the published messages."""
+    messages = publish_many([LonelyHappened(n=n) for n in range(count)])
+    instrumented(CutTheConnection, **keys)
+    worker = Worker(keep_leases=False)
+    while worker.dispatch_batch().total:
+        pass
+    CutTheConnection.armed = True
+    with pytest.raises(DatabaseError):
+        worker.execute_batch()
+    reconnect()
+    return messages
+
+
+@needs_locks
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_counts_the_attempt_a_dead_locked_claim_spent(
+        bridged: Callable[..., Any], peer: Any, instrumented: Callable[..., None]) -> None:
+    """Guarantee 3 with locked claims: the claim journal row, committed on its own connection
+    before the batch, outlives the rolled-back claim; the sweep counts the attempt, marks
+    the rows LeaseExpired (each then claimed alone) and deletes the journal row."""
+    out = bridged(**ALONE)
+    kill_a_locked_batch(out, 4, instrumented)
+    drain(peer, out.queue, expect=4)
+    (entry,) = ClaimJournal.objects.all()
+    assert sorted(entry.rows) == sorted(r.pk for r in rows(out.group))
+    assert entry.claimed_by == Worker(keep_leases=False).name
+    stats = Worker(keep_leases=False).sweep()
+    assert (stats.released, stats.dead) == (4, 0)
+    assert not ClaimJournal.objects.exists()
+    assert {(r.status, r.attempts, r.error_type) for r in rows(out.group)} == {
+        (MessageStatus.RETRYING, 1, "LeaseExpired")}
+    assert "died before it committed" in rows(out.group)[0].last_error
+    ReceivedMessage.objects.update(next_attempt_at=timezone.now())
+    worker = Worker(keep_leases=False)
+    assert [worker.execute_batch().succeeded for _ in range(5)] == [1, 1, 1, 1, 0], \
+        "claimed alone"
+    assert {(r.status, r.attempts) for r in rows(out.group)} == {(MessageStatus.SUCCEEDED, 2)}
+
+
+@needs_locks
+@pytest.mark.django_db(transaction=True)
+def test_a_message_that_kills_its_worker_every_time_ends_dead_lettered(
+        bridged: Callable[..., Any], peer: Any, instrumented: Callable[..., None]) -> None:
+    """Bridge rows fail by age (FAIL_AFTER): past it, the dead claim's attempt is the last."""
+    out = bridged(**{**ALONE, "FAIL_AFTER": 0.001})
+    kill_a_locked_batch(out, 2, instrumented)
+    stats = Worker(keep_leases=False).sweep()
+    assert (stats.released, stats.dead) == (0, 2)
+    assert {(r.status, r.attempts, r.error_type) for r in rows(out.group)} == {
+        (MessageStatus.FAILED, 1, "LeaseExpired")}
+
+
+class SweepDuringTheBatch(Instrumentation):
+    """While the locked batch runs (its rows marked succeeded, not committed), another
+    thread's sweep looks at the journal."""
+
+    seen: ClassVar[list[Any]] = []
+
+    def outcome(self, row: MessageBase, outcome: Outcome, error: BaseException | None) -> None:
+        if outcome is not Outcome.SUCCEEDED or SweepDuringTheBatch.seen:
+            return
+        result: list[Any] = []
+
+        def sweep() -> None:
+            try:
+                stats = Worker(keep_leases=False).sweep()
+                result.append((stats.released, stats.dead,
+                               list(ClaimJournal.objects.values_list("rows", flat=True))))
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=sweep)
+        thread.start()
+        thread.join(30)
+        SweepDuringTheBatch.seen.extend(result or ["the sweep did not finish"])
+
+
+@needs_locks
+@pytest.mark.django_db(transaction=True)
+def test_a_sweep_leaves_the_journal_row_of_a_claim_that_still_runs(
+        bridged: Callable[..., Any], peer: Any, instrumented: Callable[..., None]) -> None:
+    out = bridged(**ALONE)
+    publish_many([LonelyHappened(n=n) for n in range(3)])
+    SweepDuringTheBatch.seen = []
+    instrumented(SweepDuringTheBatch)
+    worker = Worker(keep_leases=False)
+    while worker.dispatch_batch().total:
+        pass
+    assert worker.execute_batch().succeeded == 3
+    (released, dead, journal_rows), = SweepDuringTheBatch.seen
+    assert (released, dead) == (0, 0), "the claim's rows are locked: not a dead claim"
+    assert [sorted(r) for r in journal_rows] == [sorted(r.pk for r in rows(out.group))]
+    assert not ClaimJournal.objects.exists(), "deleted by the claim's commit"
+    assert {(r.status, r.attempts) for r in rows(out.group)} == {(MessageStatus.SUCCEEDED, 1)}
+    drain(peer, out.queue, expect=3)
 
 
 @pytest.mark.skipif(connection.vendor not in ("postgresql", "mysql"),
