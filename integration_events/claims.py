@@ -7,7 +7,7 @@ MySQL 8, SQL Server through mssql-django's READPAST); on SQLite, which has no ro
 claim UPDATE re-checks the status (a compare-and-set) and the single writer serialises
 claimers.
 
-A locked claim (batch handlers such as broker bridges, on databases with SKIP LOCKED): the
+A locked claim (batch handlers such as broker bridges, on PostgreSQL and MariaDB): the
 claim's transaction stays open while those rows' batch runs, and each row is written once,
 with its outcome and its attempt (``token`` None in ``MessageQuerySet.finish``), when the
 transaction commits. The row locks keep other claimers off instead of a lease: a worker that
@@ -255,15 +255,26 @@ def _run_locked(manager: Any, using: str, pks: list[Any], groups: frozenset[str]
         # caller's rollback. A death there rolls the caller back too, as it would a lease.
         stop = run(rows)
     else:
-        journal.record(using, token, [r.pk for r in rows], claimer)
         _idle_timeout(using, get_settings().LEASE_SECONDS)
+        journal.record(using, token, [r.pk for r in rows], claimer)
+        # Deleted at once, before anything is sent: the DELETE commits with the outcomes,
+        # and until then it locks the journal row, so a sweep can tell a live claim (row
+        # locked) from a dead one (the rollback restored the row, unlocked).
+        journal.forget(using, token)
         try:
             stop = run(rows)
         finally:
             _idle_timeout(using, None)
-        journal.forget(using, token)  # commits with the rows' outcomes
     ids = {r.pk for r in rows}
     return len(rows), stop, [pk for pk in pks if pk not in ids]
+
+
+def locks_can_expire(using: str) -> bool:
+    """Whether a hung worker's locked claim ends after LEASE_SECONDS (``_idle_timeout``):
+    PostgreSQL and MariaDB. Elsewhere (MySQL, SQL Server) locked claims are not used."""
+    connection = connections[using]
+    return connection.vendor == "postgresql" or (
+        connection.vendor == "mysql" and bool(getattr(connection, "mysql_is_mariadb", False)))
 
 
 def _idle_timeout(using: str, seconds: float | None) -> None:

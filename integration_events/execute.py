@@ -30,7 +30,7 @@ from typing import Any
 from django.db import connections, transaction
 
 from .batches import run_atomic_chunk, run_batch_handler
-from .claims import Claim, ClaimStrategy, claim
+from .claims import Claim, ClaimStrategy, claim, locks_can_expire
 from .conf import get_settings
 from .context import current_context
 from .delivery import Prepared, bind_on_commit, build_delivery
@@ -109,10 +109,12 @@ class Executor:
     def locked_groups(self) -> frozenset[str]:
         """The batch-handler groups whose rows run under the claim's row locks: those that
         ask for it (``Subscription.locked_claim``; a bridge's LOCKED_CLAIMS) on a database
-        with SKIP LOCKED, except groups with a rate or concurrency limit (their admission
-        writes must commit before the batch starts)."""
+        with SKIP LOCKED that ends a hung worker's session (PostgreSQL, MariaDB), except
+        groups with a rate or concurrency limit (their admission writes must commit before
+        the batch starts)."""
         groups = locked_claim_groups()
-        if not groups or not connections[self.using].features.has_select_for_update_skip_locked:
+        if not groups or not connections[self.using].features.has_select_for_update_skip_locked \
+                or not locks_can_expire(self.using):
             return frozenset()
         limits = group_limits()
         return frozenset(g for g in groups if g not in limits or not limits[g].limited)

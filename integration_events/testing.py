@@ -23,6 +23,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models.functions import Now
 from django.test import TestCase
 
+from . import journal
 from .events import IntegrationEvent
 from .handoff import suppress_nudges
 from .models import PublishedMessage, ReceivedMessage
@@ -108,6 +109,16 @@ def make_due(using: str = DEFAULT_DB_ALIAS) -> int:
                for model in (PublishedMessage, ReceivedMessage))
 
 
+@contextmanager
+def closing_journal() -> Iterator[None]:
+    """Close this thread's claim journal connection afterwards (a test database with one
+    open cannot be dropped; see integration_events.journal)."""
+    try:
+        yield
+    finally:
+        journal.close_connections()
+
+
 def deliver_pending(
     using: str = DEFAULT_DB_ALIAS, *, include_delayed: bool = False, max_passes: int = 100
 ) -> PassStats:
@@ -119,7 +130,7 @@ def deliver_pending(
     in_transaction = connections[using].in_atomic_block
     worker = Worker(using=using, keep_leases=False)
     total = PassStats()
-    with suppress_nudges():
+    with suppress_nudges(), closing_journal():
         for _ in range(max_passes):
             if include_delayed:
                 make_due(using)

@@ -74,7 +74,7 @@ class BridgeConfig(BaseModel):
     fail_after: float = Field(default=3 * 24 * 3600.0, alias="FAIL_AFTER", gt=0)
     # Send messages that came in over a bridge out again over this one.
     forward_received: bool = Field(default=False, alias="FORWARD_RECEIVED")
-    # Send under the claim's row locks (databases with SKIP LOCKED): each row written once,
+    # Send under the claim's row locks (PostgreSQL, MariaDB): each row written once,
     # plus a claim journal row per batch (docs/bridges.md, "Locked claims"); False: leased.
     locked_claims: bool = Field(default=True, alias="LOCKED_CLAIMS")
     connect_timeout: float = Field(default=10.0, alias="CONNECT_TIMEOUT", gt=0)

@@ -344,3 +344,60 @@ def test_a_stop_during_the_batch_records_it_and_stops_after_the_commit(
         worker.execute_batch()
     assert {(r.status, r.attempts, r.error_type) for r in rows(out.group)} == {
         (MessageStatus.RETRYING, 1, "KeyboardInterrupt")}
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql",
+                    reason="PostgreSQL's REPEATABLE READ snapshot; MariaDB's deletes see it")
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_that_cannot_see_its_journal_row_stops_before_sending(
+        bridged: Callable[..., Any], peer: Any) -> None:
+    """Under snapshot isolation the claim's transaction cannot see (nor delete) the journal
+    row committed beside it: the claim stops with the fix named, before anything is sent,
+    and leaves neither the journal row nor a spent attempt."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    out = bridged(**ALONE)
+    publish_many([LonelyHappened(n=n) for n in range(3)])
+    worker = Worker(keep_leases=False)
+    while worker.dispatch_batch().total:
+        pass
+    with connection.cursor() as cursor:
+        cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL "
+                       "REPEATABLE READ")
+    try:
+        with pytest.raises(ImproperlyConfigured, match="READ COMMITTED"):
+            worker.execute_batch()
+    finally:
+        connection.close()
+    assert not ClaimJournal.objects.exists()
+    assert {(r.status, r.attempts) for r in rows(out.group)} == {(MessageStatus.PENDING, 0)}
+    assert drain(peer, out.queue, expect=0, timeout=1.0) == []
+
+
+@needs_locks
+@pytest.mark.django_db(transaction=True)
+def test_deliver_pending_closes_the_journal_connection(bridged: Callable[..., Any],
+                                                        peer: Any) -> None:
+    """Outside a transaction the locked claim opens the journal's connection; the testing
+    helper closes it (else a test database cannot be dropped at the end of a suite)."""
+    from integration_events import journal
+    from integration_events.testing import deliver_pending
+
+    out = bridged(**ALONE)
+    publish_many([LonelyHappened(n=n) for n in range(2)])
+    opened: list[Any] = []
+    real = journal._connection
+
+    def spy(using: str) -> Any:
+        opened.append(real(using))
+        return opened[-1]
+
+    journal._connection = spy  # type: ignore[assignment]
+    try:
+        assert deliver_pending().total >= 2
+    finally:
+        journal._connection = real  # type: ignore[assignment]
+    assert opened, "the locked claim used the journal connection"
+    assert all(c.connection is None for c in opened), "closed"
+    assert not getattr(journal._local, "connections", {})
+    drain(peer, out.queue, expect=2)
