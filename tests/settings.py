@@ -21,8 +21,9 @@ INTEGRATION_EVENTS = {
     "FAILED_THRESHOLD_CALLBACK": os.environ.get("IE_FAILED_THRESHOLD_CALLBACK") or None,
     "UNKNOWN_TOPIC_MAX_ATTEMPTS": int(os.environ.get("IE_UNKNOWN_TOPIC_MAX_ATTEMPTS", "10")),
     "HEARTBEAT_INTERVAL": float(os.environ.get("IE_HEARTBEAT_INTERVAL", "30")),
-    # No demo faults in the engine's tests and benchmarks (the sample tests turn them on).
-    "INSTRUMENTATION": [],
+    # No demo faults in the engine's tests and benchmarks (the sample tests turn them on);
+    # a qcluster started by a test may get dotted paths (comma-separated), e.g. a fault.
+    "INSTRUMENTATION": [p for p in os.environ.get("IE_INSTRUMENTATION", "").split(",") if p],
     # bench/flow.py compares claim strategies in a qcluster subprocess.
     **({"CLAIM_STRATEGY": os.environ["IE_CLAIM_STRATEGY"]}
        if os.environ.get("IE_CLAIM_STRATEGY") else {}),

@@ -20,6 +20,7 @@ from django.db import connection
 
 from integration_events import publish_many
 from integration_events.models import MessageStatus, PublishedMessage, ReceivedMessage
+from integration_events.tasks import sweep
 from tests.conftest import wait_for
 from tests.eventapp.events import LonelyHappened, ProbeHappened
 from tests.eventapp.models import Delivery as DeliveryRow
@@ -86,6 +87,43 @@ def test_our_events_reach_the_peer_and_its_messages_run_our_handlers_once(
         "what came in over a bridge is not sent out again"
     receiver.signal(signal.SIGTERM)
     assert receiver.wait(30) == 0
+
+
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="locked claims (PostgreSQL, "
+                    "MariaDB); SQLite's leases: test_cluster.py::"
+                    "test_handler_that_kills_its_worker_ends_up_failed")
+def test_a_message_that_kills_its_sending_worker_every_time_ends_dead_lettered(
+        url: str, unique: Callable[[str], str], peer: Any, cluster: Callable[..., Any]) -> None:
+    """Guarantee 3 through a bridge with a real qcluster: the batch holding the poison kills
+    its worker after publishing, before its locked claim commits; the sweep settles the
+    claim's journal row. Its neighbours are sent
+    (again, same ids) and succeed; the poison is claimed alone and ends failed by age.
+    Without the claim journal it would be sent forever (the wait below times out)."""
+    from .faults import POISON
+
+    exchange, queue = unique("ex"), unique("theirs")
+    peer_queue(peer, exchange, queue, LONELY, durable=True)
+    bridges = {"out": {"TRANSPORT": "amqp", "URL": url, "EXCHANGE": exchange,
+                       "SEND": [LONELY], "FAIL_AFTER": 5}}
+    sender = cluster(IE_BRIDGES=json.dumps(bridges), IE_LEASE_SECONDS="2",
+                     IE_INSTRUMENTATION="tests.bridges.faults.KillOnPoison")
+    ours = publish_many([LonelyHappened(n=n) for n in range(30)])
+    rows = ReceivedMessage.objects.filter(group="bridge:out")
+    finished = (MessageStatus.SUCCEEDED, MessageStatus.FAILED)
+
+    def settled() -> bool:
+        sweep()  # the minute sweep, run now
+        return rows.filter(status__in=finished).count() == 30
+
+    wait_for(settled, 120, "the poison to be dead-lettered and the rest sent", sender.log)
+    poison = str(ours[POISON].pk)
+    dead = rows.get(status=MessageStatus.FAILED)
+    assert str(dead.message_id) == poison
+    assert dead.error_type == "LeaseExpired" and dead.attempts >= 1
+    assert "died before it committed" in dead.last_error
+    assert rows.filter(status=MessageStatus.SUCCEEDED).count() == 29
+    got = set(take_all(url, queue, 30, 30))
+    assert got >= {str(m.pk) for m in ours} - {poison}, "every other message reached the peer"
 
 
 def outage_run(url: str, unique: Callable[[str], str], peer: Any, cluster: Callable[..., Any],
