@@ -171,15 +171,7 @@ def test_a_worker_that_dies_before_the_commit_leaves_the_rows_to_be_sent_again(
         bridged: Callable[..., Any], peer: Any,
         instrumented: Callable[..., None]) -> None:
     out = bridged(**ALONE)
-    messages = publish_many([LonelyHappened(n=n) for n in range(20)])
-    instrumented(CutTheConnection)
-    worker = Worker(keep_leases=False)
-    while worker.dispatch_batch().total:
-        pass
-    CutTheConnection.armed = True
-    with pytest.raises(DatabaseError):
-        worker.execute_batch()
-    reconnect()
+    messages = kill_a_locked_batch(out, 20, instrumented)
     # Published and confirmed, but nothing of it committed: due again, no attempt spent.
     first = drain(peer, out.queue, expect=20)
     assert {(r.status, r.attempts) for r in rows(out.group)} == {(MessageStatus.PENDING, 0)}
