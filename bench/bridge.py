@@ -5,6 +5,7 @@ against a plain pika baseline in the same run (the machine is shared and noisy).
     .venv/bin/python bench/bridge.py --db sqlite      # SQLite (file database)
     .venv/bin/python bench/bridge.py --smoke          # CI: tiny sizes, asserts no times
     .venv/bin/python bench/bridge.py --send-only      # sending only: prints, writes nothing
+    .venv/bin/python bench/bridge.py --latency-ab     # latency, locked vs leased claims, twice
 
 1. sending: N events through the group bridge:<name>, run by an in-process Worker (claim,
    encode in CAP's format, publish with confirms, complete), from the first claim to the
@@ -67,6 +68,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--send-only", action="store_true",
                    help="run the sending phase only and print its figures (implies --no-write)")
+    p.add_argument("--latency-ab", action="store_true",
+                   help="run the latency phase four times, LOCKED_CLAIMS on, off, on, off, "
+                        "and print p50/p99 of each (writes nothing)")
     args = p.parse_args()
     args.mode = args.mode or "full"
     args.db = args.db or ("sqlite" if args.mode == "smoke" else "postgres")
@@ -341,7 +345,8 @@ def phase_receive(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
         f"pika {out['receive']['pika_per_s']:.0f}/s")
 
 
-def phase_latency(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
+def phase_latency(cfg: dict[str, Any], url: str, out: dict[str, Any],
+                  locked_claims: bool = True) -> None:
     """Events committed at a steady rate, sent by a real qcluster; the peer notes when each
     arrives. The first second is left out (the cluster's first task is starting)."""
     from django.db import transaction
@@ -377,7 +382,7 @@ def phase_latency(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
     listener.start()
     ready.wait(10)
     bridges = {"out": {"TRANSPORT": "amqp", "URL": url, "EXCHANGE": exchange,
-                       "SEND": [LonelyHappened.topic]}}
+                       "SEND": [LonelyHappened.topic], "LOCKED_CLAIMS": locked_claims}}
     cluster = Cluster({"IE_BRIDGES": json.dumps(bridges), "IE_Q_WORKERS": "2",
                        "IE_LOG_LEVEL": "WARNING"}, log_name="bench-bridge-latency").start()
     commits: dict[int, float] = {}
@@ -475,6 +480,12 @@ def main() -> int:
     try:
         version = subprocess.run(["rabbitmqctl", "version"], capture_output=True, text=True)
         out["rabbitmq"] = version.stdout.strip() or "?"
+        if args.latency_ab:
+            for locked in (True, False, True, False):
+                phase_latency(cfg, url, out, locked_claims=locked)
+                log(f"LOCKED_CLAIMS={locked}: p50 {out['latency']['p50']:.0f} ms, "
+                    f"p99 {out['latency']['p99']:.0f} ms")
+            return 0
         phase_send(cfg, url, out)
         if args.send_only:
             print(json.dumps(out["send"], indent=1))
