@@ -150,8 +150,9 @@ class FairShare(OldestFirst):
 
     def _group_rows(self, qs: MessageQuerySet[Any], group: str, share: int,
                     skip_locked: bool) -> list[Any]:
-        """Up to ``share`` new due rows of one group not held back (one index range)."""
-        due = qs.filter(group=group).due(MessageStatus.PENDING)
+        """Up to ``share`` new due rows of one group not held back (one index range), each
+        in its key's turn (``in_turn``, as the window's rows are)."""
+        due = qs.filter(group=group).due(MessageStatus.PENDING).in_turn()
         if skip_locked:
             due = due.select_for_update(skip_locked=True)
         return [pk for pk, kind in due.values_list("pk", "error_type")[:share]

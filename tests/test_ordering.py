@@ -379,7 +379,6 @@ def test_a_pass_over_keyed_rows_costs_the_queries_of_unkeyed_ones(
             assert worker.execute_batch().succeeded == 100
 
 
-@pytest.mark.xfail(strict=True, reason="FairShare's per-group lookup ignores the key order")
 def test_a_backlog_claim_takes_only_the_head_of_each_key_from_groups_it_looks_up(worker) -> None:
     # FairShare with a backlog: the oldest rows (unkeyed probes) fill its window, so the
     # keyed groups are looked up one by one on their own index range; that lookup must keep
