@@ -392,8 +392,8 @@ def test_a_backlog_claim_takes_only_the_head_of_each_key_from_groups_it_looks_up
     worker.dispatch_batch()
     strategy = FairShare()
     # The probes' groups are slow (a row each per pass), so the keyed groups' rows fit.
-    strategy.cost = {g: 10.0 for g in ReceivedMessage.objects.filter(ordering_key="")
-                     .values_list("group", flat=True)}
+    unkeyed = ReceivedMessage.objects.filter(ordering_key="").values_list("group", flat=True)
+    strategy.cost = dict.fromkeys(unkeyed, 10.0)
     taken = claim(ReceivedMessage, "default", 5, default_claimer(), strategy,
                   count_attempt=False).rows
     keyed = sorted((r.group, r.ordering_seq) for r in taken if r.ordering_key)
