@@ -48,7 +48,8 @@ class ClaimStrategy(Protocol):
     Contract:
     - ``select`` runs inside the claim's transaction and returns the primary keys of at most
       ``limit`` due rows (``qs.claimable(status)``: due, and not of a paused or backing-off
-      group) in the order they should run, locked against
+      group; a batch group with a claim size of its own, ``registry.group_claim_sizes``, may
+      take up to that many rows beside them) in the order they should run, locked against
       other claimers (``select_for_update(skip_locked=True)`` when ``skip_locked``). Overdue
       retries go before new rows. A row whose ``error_type`` is ``LEASE_EXPIRED`` is taken
       alone (a claim of that one row).

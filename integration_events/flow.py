@@ -34,7 +34,7 @@ from django.db.models import Q
 from django.db.models.functions import Now
 
 from .claims import LEASE_EXPIRED, Claim, OldestFirst
-from .conf import get_settings
+from .conf import MAX_ROWS_PER_STATEMENT, get_settings
 from .models import (
     GroupSlot,
     GroupState,
@@ -44,7 +44,7 @@ from .models import (
     ReceivedMessage,
     after,
 )
-from .registry import GroupLimits, Rate, all_subscriptions, group_limits
+from .registry import GroupLimits, Rate, all_subscriptions, group_claim_sizes, group_limits
 
 # A group never seen (no timing yet) is given this many rows in a pass with a backlog.
 UNKNOWN_SHARE = 10
@@ -94,6 +94,9 @@ class FairShare(OldestFirst):
         return max(1, min(limit, int(self.current.budget / max(cost, 1e-6))))
 
     def select(self, qs: MessageQuerySet[Any], limit: int, *, skip_locked: bool) -> list[Any]:
+        """Up to ``limit`` rows (module doc); a batch group with a claim size of its own
+        (``registry.group_claim_sizes``: a broker bridge's BATCH_SIZE) takes up to that many
+        of its rows instead, beside them."""
         if qs.model is not ReceivedMessage:
             return super().select(qs, limit, skip_locked=skip_locked)
         now = self.clock()
@@ -112,11 +115,27 @@ class FairShare(OldestFirst):
         window = [r for r in window if r[1] not in full]
         if len(window) <= limit:  # everything due is in hand: no backlog to share
             return self._fast_first(window)
+        sizes = group_claim_sizes()
+
+        def room(group: str) -> int:
+            size = sizes.get(group)
+            if size is None:
+                return self.share(group, limit)
+            # A declared batch: all of it, also before the group's cost is known.
+            return size if group not in self.cost else self.share(group, size)
+
         taken: dict[str, list[Any]] = {}
         for pk, group, _kind in window:
             rows = taken.setdefault(group, [])
-            if len(rows) < self.share(group, limit):
+            if len(rows) < room(group):
                 rows.append(pk)
+        # A group with a claim size of its own that the window cut short: the rest of its
+        # share from its own index range (the window's rows of it come back too: this
+        # transaction's own locks do not make SKIP LOCKED skip them).
+        for group in [g for g in taken if g in sizes and len(taken[g]) < room(g)]:
+            have = set(taken[group])
+            more = self._group_rows(qs, group, room(group), skip_locked)
+            taken[group] += [pk for pk in more if pk not in have][:room(group) - len(have)]
         # Groups whose rows are newer than the window: each looked up on its own index range.
         # (Due retries are in the window: it reads them first, across groups.)
         candidates = [g for g in sorted(registered_groups() - set(taken) - full)
@@ -129,13 +148,23 @@ class FairShare(OldestFirst):
             for group in candidates:
                 if group in held:
                     continue
-                rows = self._group_rows(qs, group, self.share(group, limit), skip_locked)
+                rows = self._group_rows(qs, group, room(group), skip_locked)
                 if rows:
                     taken[group] = rows
                 else:
                     self.empty_at[group] = now
-        order = sorted(taken, key=lambda g: self.cost.get(g, 0.0))
-        return [pk for group in order for pk in taken[group]][:limit]
+        # At most ``limit`` rows in all of the groups without a claim size of their own, the
+        # cheapest groups first; a sized group's rows come in its turn, all of them.
+        picked: list[Any] = []
+        plain = 0
+        for group in sorted(taken, key=lambda g: self.cost.get(g, 0.0)):
+            if group in sizes:
+                picked += taken[group]
+            elif plain < limit:
+                rows = taken[group][:limit - plain]
+                picked += rows
+                plain += len(rows)
+        return picked[:MAX_ROWS_PER_STATEMENT]  # one IN (...) list (conf.WHY_ROWS)
 
     def _window(self, qs: MessageQuerySet[Any], limit: int, skip_locked: bool
                 ) -> list[tuple[Any, str, str]]:

@@ -125,6 +125,10 @@ class Subscription:
     # locks instead of a lease: each row written once, with its attempt (integration_events.
     # claims). Opt-in: a worker killed while the batch runs counts no attempt.
     locked_claim: bool = False
+    # A batch handler's group may take up to this many rows in one claim, more than
+    # CLAIM_BATCH_SIZE (FairShare; a broker bridge's BATCH_SIZE: one publish, one wait for
+    # the confirms and one write per claim, however small CLAIM_BATCH_SIZE is).
+    claim_size: int | None = None
     # Flow control for the whole group (docs/flow-control.md): at most this many handlers of
     # the group running at once across every cluster; at most this many starts per window.
     max_concurrency: int | None = None
@@ -356,6 +360,18 @@ def locked_claim_groups() -> frozenset[str]:
         return frozenset()
     return frozenset(s.group for s in all_subscriptions()
                      if s.mode is ExecutionMode.BATCH and s.locked_claim)
+
+
+def group_claim_sizes() -> dict[str, int]:
+    """The batch-handler groups with a claim size of their own (``Subscription.claim_size``;
+    the largest where a group's subscriptions disagree)."""
+    if not _resolvers:
+        return {}
+    sizes: dict[str, int] = {}
+    for sub in all_subscriptions():
+        if sub.mode is ExecutionMode.BATCH and sub.claim_size:
+            sizes[sub.group] = max(sizes.get(sub.group, 0), sub.claim_size)
+    return sizes
 
 
 def get_subscription(topic: str, group: str) -> Subscription | None:

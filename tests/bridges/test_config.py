@@ -38,7 +38,7 @@ def test_the_contract_from_the_issue_parses_with_the_defaults() -> None:
     assert bridge.queue == "inventory.v1"
     assert bridge.naming is Naming.PASCAL
     assert bridge.queue_declare_arguments() == {"x-message-ttl": CAP_MESSAGE_TTL_MS}
-    assert (bridge.prefetch, bridge.batch_size, bridge.max_body_bytes) == (100, 100, 1_048_576)
+    assert (bridge.prefetch, bridge.batch_size, bridge.max_body_bytes) == (100, 500, 1_048_576)
     assert bridge.fail_after == 3 * 24 * 3600
     assert bridge.forward_received is False
     assert bridge.safe_url == "amqp://guest:***@127.0.0.1:5672//"
@@ -152,3 +152,12 @@ def test_every_bridge_key_is_in_the_documented_table() -> None:
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", text, re.M))
     keys = {field.alias for name, field in BridgeConfig.model_fields.items() if name != "name"}
     assert keys <= documented, keys - documented
+
+
+def test_batch_size_is_capped_like_every_in_list_of_primary_keys() -> None:
+    from integration_events.bridges import config
+    from integration_events.conf import MAX_ROWS_PER_STATEMENT
+
+    assert config._MAX_ROWS == MAX_ROWS_PER_STATEMENT
+    with pytest.raises(ImproperlyConfigured, match="BATCH_SIZE"):
+        parse_bridges({"rabbit": {**CONTRACT["rabbit"], "BATCH_SIZE": MAX_ROWS_PER_STATEMENT + 1}})

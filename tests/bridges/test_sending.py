@@ -265,3 +265,21 @@ def test_an_exchange_declared_otherwise_backs_the_group_off_with_the_fix(
     assert (waiting.status, waiting.attempts) == (MessageStatus.RETRYING, 0)
     reason = GroupState.objects.get(group=out.group).reason
     assert "refused to declare exchange" in reason and "durable topic exchange" in reason
+
+
+def test_the_bridge_claims_its_batch_size_however_few_rows_claims_take(
+        bridged: Callable[..., Any], peer: Any) -> None:
+    # One claim, one publish, one wait for the confirms and one write per BATCH_SIZE rows,
+    # also when CLAIM_BATCH_SIZE is smaller; the other groups still get their CLAIM_BATCH_SIZE.
+    out = bridged(BATCH_SIZE=120)
+    publish_many([ProbeHappened(n=n) for n in range(150)])
+    worker = Worker(keep_leases=False)
+    with override_settings(INTEGRATION_EVENTS={**settings.INTEGRATION_EVENTS,
+                                               "CLAIM_BATCH_SIZE": 20}):
+        while worker.dispatch_batch().total:
+            pass
+        worker.execute_batch()
+    done = ReceivedMessage.objects.exclude(status=MessageStatus.PENDING)
+    assert done.filter(group=out.group, status=MessageStatus.SUCCEEDED).count() == 120
+    assert 0 < done.exclude(group=out.group).count() <= 20
+    assert len(drain(peer, out.queue, expect=120)) == 120
