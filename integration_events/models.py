@@ -450,7 +450,8 @@ class ReceivedMessage(MessageBase):
 class OrderingKey(models.Model):
     """The commit order of one ordering key: publishing a keyed message locks this row
     (until the publishing transaction ends) and takes ``last_seq + 1``, so the message that
-    commits first has the smaller sequence number. One row per key ever published."""
+    commits first has the smaller sequence number. One row per key with a message left
+    in either table (the sweep deletes the others: integration_events.sweep)."""
 
     key = models.CharField(max_length=MAX_ORDERING_KEY_LENGTH, primary_key=True)
     last_seq = models.PositiveBigIntegerField(default=0)

@@ -55,6 +55,8 @@ class SweepStats:
     deleted_received: int = 0
     # Expired keyed dead letters left in place because later rows of their key wait on them.
     kept_blocking: int = 0
+    # OrderingKey rows deleted: keys with no message left (integration_events.sweep).
+    forgotten_keys: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -3,12 +3,16 @@ and delete expired finished rows.
 
 A keyed dead letter that still holds back later messages of its key is not deleted when it
 expires (that would release them silently): the sweep keeps it, logs it and counts it until an
-operator requeues or skips it (docs/ordering.md).
+operator requeues or skips it (docs/ordering.md). An ordering key with no message left in
+either table loses its OrderingKey row (its numbering starts again at 1).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from functools import reduce
+from operator import or_
 from typing import Any
 
 from django.db import connections, transaction
@@ -25,6 +29,7 @@ from .models import (
     UNFINISHED_STATUSES,
     MessageBase,
     MessageStatus,
+    OrderingKey,
     PublishedMessage,
     ReceivedMessage,
     later_receipts,
@@ -37,6 +42,19 @@ logger = logging.getLogger("integration_events")
 
 # How many kept dead letters a sweep names in its log line.
 KEPT_LOGGED = 10
+# Keys per statement when forgetting idle ordering keys (two parameters each: SQL Server
+# takes at most 2100 per statement).
+KEYS_PER_STATEMENT = 500
+# Per database alias, the last ordering key of the page the previous sweep looked at (this
+# process's memory: a new process starts from the first key again).
+_key_cursor: dict[str, str] = {}
+
+
+def _rows_of_key(model: type[MessageBase]) -> Any:
+    """Any row of ``model`` with the outer OrderingKey's key, whatever its status (a NOT
+    EXISTS probe: one seek per status on ie_pub_key / ie_recv_key)."""
+    return model.objects.filter(**KEYED, status__in=MessageStatus.values,
+                                ordering_key=OuterRef("key"))
 
 
 def blocking(model: type[MessageBase]) -> Q:
@@ -60,6 +78,8 @@ class Sweeper:
     def __init__(self, using: str, failures: Failures) -> None:
         self.using = using
         self.failures = failures
+        # Ordering keys of the rows delete_expired deleted (forget_idle_keys looks at them).
+        self.deleted_keys: set[str] = set()
 
     def release_expired(self, model: type[MessageBase]) -> tuple[int, int]:
         """Rows whose lease expired go back to retrying (claimed but never started: without
@@ -168,9 +188,11 @@ class Sweeper:
         manager = model.objects.using(self.using)
         while True:
             expired = manager.expired_terminal().filter(*extra)
-            pks = list(expired.values_list("pk", flat=True)[:batch])
-            if not pks:
+            found = list(expired.values_list("pk", "ordering_key")[:batch])
+            if not found:
                 return deleted
+            pks = [pk for pk, _ in found]
+            self.deleted_keys.update(key for _, key in found if key)
             # _raw_delete: no cascade collection (receipts are deleted first, by their own
             # expiry, and published rows with receipts left are excluded by ``extra``). The
             # pk list is literal values, not a subquery on the same table (MariaDB refuses
@@ -184,6 +206,7 @@ class Sweeper:
         """Expired receipts first, then expired published messages with no receipt left;
         keyed dead letters that block their key stay (``kept_blocking``). Returns (published
         deleted, received deleted)."""
+        self.deleted_keys = set()
         received = self.delete_expired(ReceivedMessage, ~blocking(ReceivedMessage))
         # NOT EXISTS per candidate row (an index probe on the receipts' message_id), not a
         # NOT IN over every receipt in the table.
@@ -191,6 +214,41 @@ class Sweeper:
             PublishedMessage, ~Exists(ReceivedMessage.objects.filter(message_id=OuterRef("pk"))),
             ~blocking(PublishedMessage))
         return published, received
+
+    def forget_idle_keys(self, keys: Iterable[str] = ()) -> int:
+        """Delete the OrderingKey rows of ordering keys with no message left in either table:
+        ``keys`` (those of the rows this sweep deleted) and a page of CLEANUP_BATCH_SIZE keys
+        after where the previous sweep's page ended (for keys whose rows went otherwise, or
+        before this existed). Nothing is left to order against, so the key's numbering may
+        start again at 1. Returns how many were deleted."""
+        manager = OrderingKey.objects.using(self.using)
+        batch = get_settings().CLEANUP_BATCH_SIZE
+        cursor = _key_cursor.get(self.using, "")
+        page = list(manager.filter(key__gt=cursor).order_by("key")
+                    .values_list("key", flat=True)[:batch])
+        _key_cursor[self.using] = page[-1] if len(page) == batch else ""
+        candidates = sorted(set(keys) | set(page))
+        forgotten = 0
+        for start in range(0, len(candidates), KEYS_PER_STATEMENT):
+            idle = list(manager.filter(key__in=candidates[start:start + KEYS_PER_STATEMENT])
+                        .filter(~Exists(_rows_of_key(PublishedMessage)),
+                                ~Exists(_rows_of_key(ReceivedMessage)))
+                        .values_list("key", "last_seq"))
+            forgotten += self.forget_keys(idle)
+        return forgotten
+
+    def forget_keys(self, idle: list[tuple[str, int]]) -> int:
+        """Delete these (key, last_seq) OrderingKey rows if each still has that last_seq and
+        no message. The last_seq condition keeps a key that a publisher numbered since it was
+        read: its row lock makes this DELETE wait for that transaction, and the row it then
+        finds has another last_seq (PostgreSQL re-checks the row's own columns, not a
+        subquery's; InnoDB reads the latest committed row)."""
+        if not idle:
+            return 0
+        same = reduce(or_, (Q(key=key, last_seq=seq) for key, seq in idle))
+        return int(OrderingKey.objects.using(self.using).filter(same).filter(
+            ~Exists(_rows_of_key(PublishedMessage)), ~Exists(_rows_of_key(ReceivedMessage)))
+            ._raw_delete(self.using))
 
     def kept_blocking(self) -> int:
         """Expired dead letters left in place because they block their ordering key: logged

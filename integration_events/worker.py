@@ -124,12 +124,15 @@ class Worker:
         stats.dead += dead
         stats.deleted_published, stats.deleted_received = self.sweeper.delete_all_expired()
         stats.kept_blocking = self.sweeper.kept_blocking()
+        stats.forgotten_keys = self.sweeper.forget_idle_keys(self.sweeper.deleted_keys)
         delete_old_grants(self.using)
-        if stats.released or stats.dead or stats.deleted_published or stats.deleted_received:
+        if stats.released or stats.dead or stats.deleted_published or stats.deleted_received \
+                or stats.forgotten_keys:
             logger.info(
-                "sweep alias=%s released=%s dead=%s deleted_published=%s deleted_received=%s",
-                self.using, stats.released, stats.dead, stats.deleted_published,
-                stats.deleted_received, extra={"alias": self.using, **stats.as_dict()},
+                "sweep alias=%s released=%s dead=%s deleted_published=%s deleted_received=%s "
+                "forgotten_keys=%s", self.using, stats.released, stats.dead,
+                stats.deleted_published, stats.deleted_received, stats.forgotten_keys,
+                extra={"alias": self.using, **stats.as_dict()},
             )
         return stats
 

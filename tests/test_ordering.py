@@ -314,6 +314,82 @@ def test_the_sweep_keeps_an_expired_outbox_dead_letter_that_blocks_its_key(worke
     assert not PublishedMessage.objects.filter(pk=lone.pk).exists()
 
 
+def keys() -> dict[str, int]:
+    return dict(OrderingKey.objects.values_list("key", "last_seq"))
+
+
+def test_the_sweep_forgets_keys_with_no_message_left_and_numbering_starts_again(worker) -> None:
+    publish_many([Stepped(key="a", step=1), Stepped(key="a", step=2), Stepped(key="b", step=1)])
+    publish(Stepped(key="c", step=1), delay=3600)  # waiting: its key stays
+    worker.run_until_idle()
+    assert keys() == {"a": 2, "b": 1, "c": 1}
+    ReceivedMessage.objects.filter(ordering_key="a").update(expires_at=Now() - timedelta(seconds=1))
+    PublishedMessage.objects.filter(ordering_key="a").update(
+        expires_at=Now() - timedelta(seconds=1))
+    stats = worker.sweep()
+    assert stats.deleted_published == 2 and stats.forgotten_keys == 1
+    assert keys() == {"b": 1, "c": 1}, "b still has its (unexpired) rows"
+    again = publish(Stepped(key="a", step=3))
+    assert again.ordering_seq == 1
+    worker.run_until_idle()
+    assert [runs("a", g) for g in GROUPS] == [[1, 2, 3], [1, 2, 3]]
+
+
+def test_a_key_is_kept_while_a_dead_letter_or_any_row_of_it_is_left(worker) -> None:
+    publish(Stepped(key="a", step=1, behaviour="permanent"))
+    publish(Stepped(key="b", step=1))
+    run_all()
+    assert worker.sweep().forgotten_keys == 0
+    # b's receipts expire; its outbox row does not yet: the key still has a row.
+    ReceivedMessage.objects.filter(ordering_key="b").update(
+        expires_at=Now() - timedelta(seconds=1))
+    stats = worker.sweep()
+    assert (stats.deleted_received, stats.forgotten_keys) == (2, 0)
+    assert set(keys()) == {"a", "b"}
+    PublishedMessage.objects.filter(ordering_key="b").update(
+        expires_at=Now() - timedelta(seconds=1))
+    assert worker.sweep().forgotten_keys == 1
+    assert set(keys()) == {"a"}, "a's dead letters hold it"
+
+
+def test_a_key_numbered_since_it_was_read_is_not_forgotten(worker) -> None:
+    # forget_keys deletes (key, last_seq) pairs read earlier; a publisher that numbered the
+    # key in between (and whose rows then went) changed last_seq: the key stays.
+    publish(Stepped(key="a", step=1))
+    PublishedMessage.objects.all().delete()
+    sweeper = worker.sweeper
+    assert sweeper.forget_keys([("a", 0)]) == 0
+    assert keys() == {"a": 1}
+    assert sweeper.forget_keys([("a", 1)]) == 1
+    assert keys() == {}
+
+
+def test_the_sweep_pages_through_keys_whose_rows_went_some_other_way(worker, settings) -> None:
+    from integration_events import sweep
+
+    settings.INTEGRATION_EVENTS = {**settings.INTEGRATION_EVENTS, "CLEANUP_BATCH_SIZE": 2}
+    sweep._key_cursor.clear()
+    publish_many([Stepped(key=k, step=1) for k in "abcde"])
+    PublishedMessage.objects.filter(ordering_key__in="abd").delete()
+    forgotten = [worker.sweep().forgotten_keys for _ in range(4)]
+    assert sum(forgotten) == 3 and set(keys()) == {"c", "e"}
+    assert forgotten[:3] == [2, 1, 0], "a page of two keys per sweep: (a b) (c d) (e)"
+
+
+def test_the_keys_of_the_rows_a_sweep_deleted_are_looked_at_beyond_its_page(
+        worker, settings) -> None:
+    from integration_events import sweep
+
+    settings.INTEGRATION_EVENTS = {**settings.INTEGRATION_EVENTS, "CLEANUP_BATCH_SIZE": 1}
+    sweep._key_cursor.clear()
+    publish_many([Stepped(key=k, step=1) for k in "abcde"])
+    PublishedMessage.objects.filter(ordering_key="e").update(
+        status=MessageStatus.SUCCEEDED, expires_at=Now() - timedelta(seconds=1))
+    stats = worker.sweep()  # its page is key a alone
+    assert (stats.deleted_published, stats.forgotten_keys) == (1, 1)
+    assert set(keys()) == set("abcd")
+
+
 # --- the admin: blocked by, the blocked-key count, the skip action -------------------------------
 
 
