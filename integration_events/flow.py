@@ -116,26 +116,39 @@ class FairShare(OldestFirst):
         if len(window) <= limit:  # everything due is in hand: no backlog to share
             return self._fast_first(window)
         sizes = group_claim_sizes()
+        rooms: dict[str, int] = {}
 
         def room(group: str) -> int:
-            size = sizes.get(group)
-            if size is None:
-                return self.share(group, limit)
-            # A declared batch: all of it, also before the group's cost is known.
-            return size if group not in self.cost else self.share(group, size)
+            found = rooms.get(group)
+            if found is None:
+                size = sizes.get(group)
+                if size is None:
+                    found = self.share(group, limit)
+                else:  # a declared batch: all of it, also before the group's cost is known
+                    found = size if group not in self.cost else self.share(group, size)
+                rooms[group] = found
+            return found
 
         taken: dict[str, list[Any]] = {}
         for pk, group, _kind in window:
             rows = taken.setdefault(group, [])
             if len(rows) < room(group):
                 rows.append(pk)
-        # A group with a claim size of its own that the window cut short: the rest of its
-        # share from its own index range (the window's rows of it come back too: this
-        # transaction's own locks do not make SKIP LOCKED skip them).
-        for group in [g for g in taken if g in sizes and len(taken[g]) < room(g)]:
-            have = set(taken[group])
-            more = self._group_rows(qs, group, room(group), skip_locked)
-            taken[group] += [pk for pk in more if pk not in have][:room(group) - len(have)]
+        # What the sized groups may add beside ``limit`` rows of the others (one IN (...)
+        # list, conf.WHY_ROWS), asked for before anything is looked up: a row locked here
+        # and not taken would be kept from other claimers while the batch runs.
+        spare = MAX_ROWS_PER_STATEMENT - limit - sum(
+            len(rows) for group, rows in taken.items() if group in sizes)
+        # A group with a claim size of its own that the window cut short: the rest from its
+        # own index range (without the rows in hand: this transaction's own locks do not
+        # make SKIP LOCKED skip them).
+        for group in [g for g in taken if g in sizes]:
+            want = min(room(group) - len(taken[group]), spare)
+            if want > 0:
+                more = self._group_rows(qs.exclude(pk__in=taken[group]), group, want,
+                                        skip_locked)
+                taken[group] += more
+                spare -= len(more)
         # Groups whose rows are newer than the window: each looked up on its own index range.
         # (Due retries are in the window: it reads them first, across groups.)
         candidates = [g for g in sorted(registered_groups() - set(taken) - full)
@@ -148,7 +161,12 @@ class FairShare(OldestFirst):
             for group in candidates:
                 if group in held:
                     continue
-                rows = self._group_rows(qs, group, room(group), skip_locked)
+                want = room(group) if group not in sizes else min(room(group), spare)
+                if want <= 0:
+                    continue
+                rows = self._group_rows(qs, group, want, skip_locked)
+                if group in sizes:
+                    spare -= len(rows)
                 if rows:
                     taken[group] = rows
                 else:

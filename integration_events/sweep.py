@@ -42,9 +42,9 @@ logger = logging.getLogger("integration_events")
 
 # How many kept dead letters a sweep names in its log line.
 KEPT_LOGGED = 10
-# Keys per statement when forgetting idle ordering keys (two parameters each: SQL Server
-# takes at most 2100 per statement).
-KEYS_PER_STATEMENT = 500
+# Keys per statement when forgetting idle ordering keys (two parameters each, and a few
+# more: under SQLite's 999 before 3.32 and SQL Server's 2100).
+KEYS_PER_STATEMENT = 400
 # Per database alias, the last ordering key of the page the previous sweep looked at (this
 # process's memory: a new process starts from the first key again).
 _key_cursor: dict[str, str] = {}

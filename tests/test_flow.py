@@ -258,3 +258,94 @@ def test_a_backing_off_group_is_due_when_its_backoff_ends() -> None:
     GroupState.objects.create(group="pausable", backoff_until=Now() + timedelta(seconds=30))
     due = Worker(keep_leases=False).next_due_in()
     assert due is not None and 25 < due <= 30
+
+
+# --- a batch group with a claim size of its own (a broker bridge's BATCH_SIZE) ---------------
+
+SIZED = "sized:test"
+
+
+class SizedResolver:
+    """A run-time batch group, SIZED, for every LonelyHappened, claiming 30 rows at once."""
+
+    def __init__(self, size: int = 30) -> None:
+        from integration_events.registry import Subscription
+
+        self.sub = Subscription(
+            topic=LonelyHappened.topic, group=SIZED, handler=self.handle, event_type=None,
+            wants_context=False, atomic=False, topic_was_constant=True,
+            batch_handler=self.handle, raw=True, claim_size=size)
+
+    def handle(self, deliveries: list) -> list:
+        return [None] * len(deliveries)
+
+    def groups_for(self, message):
+        return {SIZED: self.sub} if message.topic == LonelyHappened.topic else {}
+
+    def get(self, topic, group):
+        return self.sub if group == SIZED and topic == LonelyHappened.topic else None
+
+    def declared(self):
+        return [self.sub]
+
+
+@pytest.fixture
+def sized():
+    from integration_events.registry import register_resolver, unregister_resolver
+
+    resolver = SizedResolver()
+    register_resolver(resolver)
+    yield resolver
+    unregister_resolver(resolver)
+
+
+def lockable(group: str) -> int:
+    """Rows of ``group`` another connection could lock now (SKIP LOCKED skips the others)."""
+    from django.db import connection
+
+    other = connection.copy()
+    try:
+        with other.cursor() as cursor:
+            table = other.ops.quote_name(ReceivedMessage._meta.db_table)
+            cursor.execute(f"SELECT id FROM {table} WHERE {other.ops.quote_name('group')} = %s "
+                           "FOR UPDATE SKIP LOCKED", [group])
+            return len(cursor.fetchall())
+    finally:
+        other.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sized_group_claims_its_size_and_locks_no_row_it_does_not_take(sized) -> None:
+    from django.db import connection
+
+    if not connection.features.has_select_for_update_skip_locked:
+        pytest.skip("row locks: PostgreSQL, MariaDB")
+    publish_many([LonelyHappened(n=n) for n in range(60)])
+    Worker(keep_leases=False).dispatch_batch()
+    # Two of the sized group's rows are due retries, so the window (read first) has them.
+    retried = list(ReceivedMessage.objects.filter(group=SIZED).order_by("-id")
+                   .values_list("pk", flat=True)[:2])
+    ReceivedMessage.objects.filter(pk__in=retried).update(status=MessageStatus.RETRYING)
+    seen: dict[str, int] = {}
+
+    def run(rows: list) -> None:
+        seen["taken"], seen["locked"] = len(rows), 60 - lockable(SIZED)
+
+    claim(ReceivedMessage, "default", 5, "test", FairShare(clock=Clock()),
+          count_attempt=False, locked=(frozenset({SIZED}), run))
+    assert seen == {"taken": 30, "locked": 30}
+
+
+def test_the_sized_groups_add_at_most_what_one_in_list_holds(sized, settings) -> None:
+    from integration_events import flow
+
+    publish_many([LonelyHappened(n=n) for n in range(40)])
+    Worker(keep_leases=False).dispatch_batch()
+    original = flow.MAX_ROWS_PER_STATEMENT
+    flow.MAX_ROWS_PER_STATEMENT = 5 + 12  # CLAIM_BATCH_SIZE 5 + 12 of the sized group
+    try:
+        taken = claim(ReceivedMessage, "default", 5, "test", FairShare(clock=Clock()),
+                      count_attempt=False)
+    finally:
+        flow.MAX_ROWS_PER_STATEMENT = original
+    assert sum(1 for r in taken if r.group == SIZED) == 12
