@@ -212,22 +212,13 @@ def pika_consume_and_insert(url: str, queue: str, count: int, bridge: str) -> fl
 
 
 def reset() -> None:
-    """Empty the engine's tables between runs. On PostgreSQL by TRUNCATE: a DELETE leaves
-    the rows dead until a vacuum, and where autovacuum is off (as on this project's CI
-    machines) every later run of the phase would scan and index more of them than the first."""
-    from django.db import connection
+    """Empty the engine's tables between runs (bench/tables.py: TRUNCATE on PostgreSQL)."""
+    from tables import empty
 
     from integration_events.journal import ClaimJournal
     from integration_events.models import GroupState, PublishedMessage, ReceivedMessage
 
-    models = (ReceivedMessage, PublishedMessage, GroupState, ClaimJournal)
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("TRUNCATE " + ", ".join(
-                connection.ops.quote_name(m._meta.db_table) for m in models) + " CASCADE")
-        return
-    for model in models:
-        model.objects.all().delete()
+    empty(ReceivedMessage, PublishedMessage, GroupState, ClaimJournal)
 
 
 def phase_send(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:

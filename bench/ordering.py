@@ -41,6 +41,7 @@ django.setup()
 
 from django.db import connection, transaction  # noqa: E402
 from django.test import override_settings  # noqa: E402
+from tables import empty  # noqa: E402  (bench/tables.py)
 
 from integration_events import publish_many  # noqa: E402
 from integration_events.models import PublishedMessage, ReceivedMessage  # noqa: E402
@@ -57,13 +58,11 @@ if HAS_KEYS:
 
 
 def reset() -> None:
-    ReceivedMessage.objects.all().delete()
-    PublishedMessage.objects.all().delete()
-    Delivery.objects.all().delete()
+    empty(ReceivedMessage, PublishedMessage, Delivery)  # bench/tables.py
     if HAS_KEYS:
         from integration_events.models import OrderingKey
 
-        OrderingKey.objects.all().delete()
+        empty(OrderingKey)
 
 
 def events(count: int, keys: int) -> list[Any]:
