@@ -10,11 +10,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.db.models.functions import Now
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from integration_events import IntegrationEvent, operations, publish, publish_many
+from integration_events import IntegrationEvent, operations, ordering, publish, publish_many
 from integration_events.events import event_class_for, forget_event_class
 from integration_events.exceptions import IntegrationEventsError
 from integration_events.models import (
@@ -409,6 +411,35 @@ def test_a_waiting_keyed_row_shows_what_blocks_it(worker, admin_client_: Client)
     assert "ordering key" in head_page.lower()
     blocking = text_of(admin_client_.get(reverse(RECV_LIST) + "?blocking=yes"))
     assert f"{head.pk}" in blocking or str(dead.pk) in blocking
+
+
+def test_blockers_of_a_page_are_what_blocker_says_row_by_row(worker) -> None:
+    dead_head(worker)  # key a: a dead head with steps waiting; key b ran
+    early = publish(Stepped(key="c", step=1), delay=3600)  # not fanned out: holds c back
+    publish_many([Stepped(key="c", step=2), Stepped(key="d", step=1), Stepped(key="d", step=2)])
+    worker.dispatch_batch()
+    rows = list(ReceivedMessage.objects.exclude(ordering_key=""))
+    expected = {r.pk: ordering.blocker(r) for r in rows if ordering.blocker(r) is not None}
+    found = ordering.blockers(rows)
+    assert found == expected
+    assert {type(b).__name__ for b in found.values()} == {"ReceivedMessage", "PublishedMessage"}
+    assert early.pk in {b.pk for b in found.values()}
+
+
+def test_the_received_list_looks_blockers_up_per_page_not_per_row(
+        worker, admin_client_: Client) -> None:
+    def queries_for_list() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            response = admin_client_.get(reverse(RECV_LIST) + "?group=steps-a")
+        assert response.status_code == 200 and "blocked by" in response.content.decode()
+        return len(queries)
+
+    publish_many([Stepped(key=f"k{n}", step=s) for n in range(2) for s in (1, 2)])
+    worker.dispatch_batch()
+    few = queries_for_list()
+    publish_many([Stepped(key=f"k{n}", step=s) for n in range(2, 12) for s in (1, 2)])
+    worker.dispatch_batch()
+    assert queries_for_list() == few, "12 waiting keyed rows cost what 2 did"
 
 
 def test_the_overview_counts_the_blocked_keys(worker, admin_client_: Client) -> None:
