@@ -67,6 +67,54 @@ class _Pass:
     poll: float = 0.1
 
 
+class _Shares:
+    """How many rows each group may take in one claim (FairShare.select): its share of
+    ``limit``, or for a group with a claim size of its own (a broker bridge's BATCH_SIZE) that
+    size, within what one IN (...) list holds beside ``limit`` rows of the others
+    (conf.WHY_ROWS). That room is counted before anything is looked up: a row locked by the
+    claim and then not taken would be kept from other claimers while the batch runs."""
+
+    def __init__(self, strategy: FairShare, limit: int, sizes: dict[str, int]) -> None:
+        self.strategy, self.limit, self.sizes = strategy, limit, sizes
+        self.rooms: dict[str, int] = {}
+        self.spare = MAX_ROWS_PER_STATEMENT - limit
+
+    def room(self, group: str) -> int:
+        found = self.rooms.get(group)
+        if found is None:
+            size = self.sizes.get(group)
+            if size is None:
+                found = self.strategy.share(group, self.limit)
+            else:  # a declared batch: all of it, also before the group's cost is known
+                found = size if group not in self.strategy.cost else \
+                    self.strategy.share(group, size)
+            self.rooms[group] = found
+        return found
+
+    def want(self, group: str, have: int) -> int:
+        """How many more rows ``group`` may take, holding ``have``."""
+        more = self.room(group) - have
+        return more if group not in self.sizes else min(more, self.spare)
+
+    def spent(self, rows: int) -> None:
+        """``rows`` more rows of sized groups are taken."""
+        self.spare -= rows
+
+    def pick(self, taken: dict[str, list[Any]]) -> list[Any]:
+        """At most ``limit`` rows in all of the groups without a claim size of their own, the
+        cheapest groups first; a sized group's rows come in its turn, all of them."""
+        picked: list[Any] = []
+        plain = 0
+        for group in sorted(taken, key=lambda g: self.strategy.cost.get(g, 0.0)):
+            if group in self.sizes:
+                picked += taken[group]
+            elif plain < self.limit:
+                rows = taken[group][:self.limit - plain]
+                picked += rows
+                plain += len(rows)
+        return picked[:MAX_ROWS_PER_STATEMENT]
+
+
 class FairShare(OldestFirst):
     """The default claim strategy: fair across groups and the group limits (module doc)."""
 
@@ -115,74 +163,53 @@ class FairShare(OldestFirst):
         window = [r for r in window if r[1] not in full]
         if len(window) <= limit:  # everything due is in hand: no backlog to share
             return self._fast_first(window)
-        sizes = group_claim_sizes()
-        rooms: dict[str, int] = {}
-
-        def room(group: str) -> int:
-            found = rooms.get(group)
-            if found is None:
-                size = sizes.get(group)
-                if size is None:
-                    found = self.share(group, limit)
-                else:  # a declared batch: all of it, also before the group's cost is known
-                    found = size if group not in self.cost else self.share(group, size)
-                rooms[group] = found
-            return found
-
+        shares = _Shares(self, limit, group_claim_sizes())
         taken: dict[str, list[Any]] = {}
         for pk, group, _kind in window:
             rows = taken.setdefault(group, [])
-            if len(rows) < room(group):
+            if len(rows) < shares.room(group):
                 rows.append(pk)
-        # What the sized groups may add beside ``limit`` rows of the others (one IN (...)
-        # list, conf.WHY_ROWS), asked for before anything is looked up: a row locked here
-        # and not taken would be kept from other claimers while the batch runs.
-        spare = MAX_ROWS_PER_STATEMENT - limit - sum(
-            len(rows) for group, rows in taken.items() if group in sizes)
-        # A group with a claim size of its own that the window cut short: the rest from its
-        # own index range (without the rows in hand: this transaction's own locks do not
-        # make SKIP LOCKED skip them).
-        for group in [g for g in taken if g in sizes]:
-            want = min(room(group) - len(taken[group]), spare)
+        shares.spent(sum(len(rows) for g, rows in taken.items() if g in shares.sizes))
+        self._top_up(qs, taken, shares, skip_locked)
+        self._look_up_others(qs, taken, shares, full, limits, now, skip_locked)
+        return shares.pick(taken)
+
+    def _top_up(self, qs: MessageQuerySet[Any], taken: dict[str, list[Any]], shares: _Shares,
+                skip_locked: bool) -> None:
+        """A group with a claim size of its own that the window cut short: the rest from its
+        own index range (without the rows in hand: this transaction's own locks do not make
+        SKIP LOCKED skip them)."""
+        for group in [g for g in taken if g in shares.sizes]:
+            want = shares.want(group, len(taken[group]))
             if want > 0:
                 more = self._group_rows(qs.exclude(pk__in=taken[group]), group, want,
                                         skip_locked)
                 taken[group] += more
-                spare -= len(more)
-        # Groups whose rows are newer than the window: each looked up on its own index range.
-        # (Due retries are in the window: it reads them first, across groups.)
+                shares.spent(len(more))
+
+    def _look_up_others(self, qs: MessageQuerySet[Any], taken: dict[str, list[Any]],
+                        shares: _Shares, full: set[str], limits: dict[str, GroupLimits],
+                        now: float, skip_locked: bool) -> None:
+        """Groups whose rows are newer than the window: each looked up on its own index range.
+        (Due retries are in the window: it reads them first, across groups.)"""
         candidates = [g for g in sorted(registered_groups() - set(taken) - full)
                       if now - self.empty_at.get(g, float("-inf")) >= _recheck_after()]
-        if candidates:
-            held = set(GroupState.objects.using(qs.db).held_back().values_list(
-                "group", flat=True))
-            # One lookup for every candidate with a concurrency limit, not one per group.
-            held |= full_groups(qs.db, {g: limits[g] for g in candidates if g in limits})
-            for group in candidates:
-                if group in held:
-                    continue
-                want = room(group) if group not in sizes else min(room(group), spare)
-                if want <= 0:
-                    continue
-                rows = self._group_rows(qs, group, want, skip_locked)
-                if group in sizes:
-                    spare -= len(rows)
-                if rows:
-                    taken[group] = rows
-                else:
-                    self.empty_at[group] = now
-        # At most ``limit`` rows in all of the groups without a claim size of their own, the
-        # cheapest groups first; a sized group's rows come in its turn, all of them.
-        picked: list[Any] = []
-        plain = 0
-        for group in sorted(taken, key=lambda g: self.cost.get(g, 0.0)):
-            if group in sizes:
-                picked += taken[group]
-            elif plain < limit:
-                rows = taken[group][:limit - plain]
-                picked += rows
-                plain += len(rows)
-        return picked[:MAX_ROWS_PER_STATEMENT]  # one IN (...) list (conf.WHY_ROWS)
+        if not candidates:
+            return
+        held = set(GroupState.objects.using(qs.db).held_back().values_list("group", flat=True))
+        # One lookup for every candidate with a concurrency limit, not one per group.
+        held |= full_groups(qs.db, {g: limits[g] for g in candidates if g in limits})
+        for group in candidates:
+            want = 0 if group in held else shares.want(group, 0)
+            if want <= 0:
+                continue
+            rows = self._group_rows(qs, group, want, skip_locked)
+            if group in shares.sizes:
+                shares.spent(len(rows))
+            if rows:
+                taken[group] = rows
+            else:
+                self.empty_at[group] = now
 
     def _window(self, qs: MessageQuerySet[Any], limit: int, skip_locked: bool
                 ) -> list[tuple[Any, str, str]]:
