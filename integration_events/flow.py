@@ -224,9 +224,10 @@ class FairShare(OldestFirst):
 
     def _group_rows(self, qs: MessageQuerySet[Any], group: str, share: int,
                     skip_locked: bool) -> list[Any]:
-        """Up to ``share`` new due rows of one group not held back (one index range), each
-        in its key's turn (``in_turn``, as the window's rows are)."""
-        due = qs.filter(group=group).due(MessageStatus.PENDING).in_turn()
+        """Up to ``share`` new rows of one group that a claim may take (one index range), by
+        the same rule as the window's (``claimable``: due, not held back, in its key's
+        turn)."""
+        due = qs.filter(group=group).claimable(MessageStatus.PENDING)
         if skip_locked:
             due = due.select_for_update(skip_locked=True)
         return [pk for pk, kind in due.values_list("pk", "error_type")[:share]

@@ -366,6 +366,51 @@ def test_a_key_numbered_since_it_was_read_is_not_forgotten(worker) -> None:
     assert keys() == {}
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_key_numbered_while_the_sweep_deletes_it_is_kept(worker) -> None:
+    # Guarantee 5 (per key, commit order) across the sweep: a publisher numbers key a (its
+    # row locked, uncommitted) while the sweep's DELETE of (a, 1) runs. The DELETE waits for
+    # the lock, then must find last_seq 2 and keep the row; deleting it would number the
+    # publisher's next message 1 again, ahead of the one it is committing.
+    import threading
+
+    from django.db import connections, transaction
+
+    if not connection.features.has_select_for_update_skip_locked:
+        pytest.skip("row locks: PostgreSQL, MariaDB (SQLite has one writer at a time)")
+    publish(Stepped(key="a", step=1))
+    PublishedMessage.objects.all().delete()
+    assert keys() == {"a": 1}
+    numbered, go = threading.Event(), threading.Event()
+    forgotten: list[int] = []
+
+    def publisher() -> None:
+        try:
+            with transaction.atomic():
+                assert ordering.take_sequence("default", {"a": 1}) == {"a": 2}
+                numbered.set()
+                go.wait(10)
+        finally:
+            connections.close_all()
+
+    def sweep() -> None:
+        try:
+            forgotten.append(worker.sweeper.forget_keys([("a", 1)]))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=publisher), threading.Thread(target=sweep)]
+    threads[0].start()
+    assert numbered.wait(10)
+    threads[1].start()
+    threads[1].join(0.5)
+    assert threads[1].is_alive(), "the DELETE waits for the publisher's row lock"
+    go.set()
+    for thread in threads:
+        thread.join(10)
+    assert forgotten == [0] and keys() == {"a": 2}
+
+
 def test_the_sweep_pages_through_keys_whose_rows_went_some_other_way(worker, settings) -> None:
     from integration_events import sweep
 
