@@ -48,6 +48,7 @@ from .registry import GroupLimits, Rate, all_subscriptions, group_claim_sizes, g
 
 # A group never seen (no timing yet) is given this many rows in a pass with a backlog.
 UNKNOWN_SHARE = 10
+PENDING = MessageStatus.PENDING.value
 # Weight of the newest handler time in a group's moving average.
 EWMA_ALPHA = 0.3
 # A rate-limited start waits at most this long for its grant before it goes back.
@@ -165,25 +166,27 @@ class FairShare(OldestFirst):
             return self._fast_first(window)
         shares = _Shares(self, limit, group_claim_sizes())
         taken: dict[str, list[Any]] = {}
-        for pk, group, _kind in window:
+        for pk, group, _kind, _status in window:
             rows = taken.setdefault(group, [])
             if len(rows) < shares.room(group):
                 rows.append(pk)
         shares.spent(sum(len(rows) for g, rows in taken.items() if g in shares.sizes))
-        self._top_up(qs, taken, shares, skip_locked)
+        self._top_up(qs, taken, shares, skip_locked,
+                     pending={pk for pk, _g, _k, status in window if status == PENDING})
         self._look_up_others(qs, taken, shares, full, limits, now, skip_locked)
         return shares.pick(taken)
 
     def _top_up(self, qs: MessageQuerySet[Any], taken: dict[str, list[Any]], shares: _Shares,
-                skip_locked: bool) -> None:
+                skip_locked: bool, pending: set[Any]) -> None:
         """A group with a claim size of its own that the window cut short: the rest from its
-        own index range (without the rows in hand: this transaction's own locks do not make
-        SKIP LOCKED skip them)."""
+        own index range. This transaction's own locks do not make SKIP LOCKED skip the rows
+        in hand, so the lookup asks for as many more as the group has ``pending`` rows in hand
+        (the lookup reads pending rows only) and leaves those out."""
         for group in [g for g in taken if g in shares.sizes]:
             want = shares.want(group, len(taken[group]))
             if want > 0:
-                more = self._group_rows(qs.exclude(pk__in=taken[group]), group, want,
-                                        skip_locked)
+                have = [pk for pk in taken[group] if pk in pending]
+                more = self._group_rows(qs, group, want, skip_locked, have=have)
                 taken[group] += more
                 shares.spent(len(more))
 
@@ -212,31 +215,33 @@ class FairShare(OldestFirst):
                 self.empty_at[group] = now
 
     def _window(self, qs: MessageQuerySet[Any], limit: int, skip_locked: bool
-                ) -> list[tuple[Any, str, str]]:
-        """The oldest due rows across groups: (pk, group, error_type), retries first."""
-        rows: list[tuple[Any, str, str]] = []
+                ) -> list[tuple[Any, str, str, str]]:
+        """The oldest due rows across groups: (pk, group, error_type, status), retries
+        first."""
+        rows: list[tuple[Any, str, str, str]] = []
         for status in (MessageStatus.RETRYING, MessageStatus.PENDING):
-            rows += qs.due_rows(status, limit - len(rows), ("pk", "group", "error_type"),
+            rows += qs.due_rows(status, limit - len(rows),
+                                ("pk", "group", "error_type", "status"),
                                 skip_locked=skip_locked)
             if len(rows) >= limit:
                 break
         return rows
 
     def _group_rows(self, qs: MessageQuerySet[Any], group: str, share: int,
-                    skip_locked: bool) -> list[Any]:
+                    skip_locked: bool, have: list[Any] | tuple[()] = ()) -> list[Any]:
         """Up to ``share`` new rows of one group that a claim may take (one index range), by
         the same rule as the window's (``claimable``: due, not held back, in its key's
-        turn)."""
-        due = qs.filter(group=group).claimable(MessageStatus.PENDING)
-        if skip_locked:
-            due = due.select_for_update(skip_locked=True)
-        return [pk for pk, kind in due.values_list("pk", "error_type")[:share]
-                if kind != LEASE_EXPIRED]
+        turn), other than the pending rows of it in hand (``have``)."""
+        rows = qs.due_rows(PENDING, share + len(have), ("pk", "error_type"),
+                           skip_locked=skip_locked, group=group)
+        known = set(have)
+        return [pk for pk, kind in rows
+                if kind != LEASE_EXPIRED and pk not in known][:share]
 
-    def _fast_first(self, window: list[tuple[Any, str, str]]) -> list[Any]:
+    def _fast_first(self, window: list[tuple[Any, str, str, str]]) -> list[Any]:
         """The rows in hand, the groups with the cheapest handlers first (stable: oldest
         first within a group)."""
-        return [pk for pk, group, _ in sorted(window, key=lambda r: self.cost.get(r[1], 0.0))]
+        return [r[0] for r in sorted(window, key=lambda r: self.cost.get(r[1], 0.0))]
 
     # --- admitting and running ----------------------------------------------------------------
 
@@ -331,9 +336,10 @@ def _recheck_after() -> float:
     return get_settings().EXECUTE_BATCH_SECONDS
 
 
-def _before_first_suspect(window: list[tuple[Any, str, str]]) -> list[tuple[Any, str, str]]:
-    for index, (_pk, _group, kind) in enumerate(window):
-        if kind == LEASE_EXPIRED:
+def _before_first_suspect(window: list[tuple[Any, str, str, str]]
+                          ) -> list[tuple[Any, str, str, str]]:
+    for index, row in enumerate(window):
+        if row[2] == LEASE_EXPIRED:
             return window[:index]
     return window
 

@@ -168,34 +168,52 @@ class MessageQuerySet(models.QuerySet[M]):
         return due.exclude(models.Exists(_held_back_group())).in_turn()
 
     def due_rows(self, status: str, limit: int, columns: tuple[str, ...], *,
-                 skip_locked: bool) -> list[tuple[Any, ...]]:
+                 skip_locked: bool, group: str | None = None) -> list[tuple[Any, ...]]:
         """``claimable(status)`` oldest first, at most ``limit`` rows of ``columns`` (the first
-        must be "pk"), locked with SKIP LOCKED if asked: the claim's own SELECT.
+        must be "pk"), locked with SKIP LOCKED if asked, of one ``group`` if given (inbox
+        rows): the claim's own SELECTs.
 
-        Its SQL (three NOT EXISTS probes) costs the ORM milliseconds to build, once per claim
-        and status: it is compiled once per (database, status, limit, columns, locking) and
-        run from then on as it is."""
+        Their SQL (three NOT EXISTS probes) costs the ORM milliseconds to build, several
+        times per claim: it is compiled once per (database, status, columns, locking, whether
+        of one group) and run from then on as it is, with the group as a parameter and the
+        limit written in."""
+        if limit <= 0:
+            return []
         connection = connections[self.db]
-        key = (self.model, self.db, connection.vendor, status, limit, columns, skip_locked)
+        key = (self.model, self.db, connection.vendor, status, columns, skip_locked,
+               group is not None)
         # A queryset with filters of its own (a test's strategy) is compiled every time.
-        cacheable = not self.query.where
-        compiled = _COMPILED.get(key) if cacheable else None
+        compiled = _COMPILED.get(key) if not self.query.where else None
         if compiled is None:
-            qs = self.claimable(status)
-            if skip_locked:
-                qs = qs.select_for_update(skip_locked=True)
-            sql, params = qs.values_list(*columns)[:limit].query.get_compiler(
-                using=self.db).as_sql()
-            compiled = (sql, tuple(params))
-            if cacheable and len(_COMPILED) < 512:
+            compiled = self._compile_due_rows(status, columns, skip_locked, group is not None,
+                                              int(_LIMIT_SLOT))
+            if compiled[0].count(_LIMIT_SLOT) != 1:  # a backend that writes the limit otherwise
+                compiled = self._compile_due_rows(status, columns, skip_locked,
+                                                  group is not None, limit)
+            elif not self.query.where and len(_COMPILED) < 512:
                 _COMPILED[key] = compiled
+        sql, params = compiled
+        sql = sql.replace(_LIMIT_SLOT, str(int(limit)))
+        if group is not None:
+            params = tuple(group if p == _GROUP_SLOT else p for p in params)
         with connection.cursor() as cursor:
-            cursor.execute(*compiled)
+            cursor.execute(sql, params)
             rows = cursor.fetchall()
         # The raw cursor skips the fields' converters: the primary key as the ORM gives it
         # (a UUID, not SQLite's hex string).
         to_python = self.model._meta.pk.to_python
         return [(to_python(row[0]), *row[1:]) for row in rows]
+
+    def _compile_due_rows(self, status: str, columns: tuple[str, ...], skip_locked: bool,
+                          grouped: bool, limit: int) -> tuple[str, tuple[Any, ...]]:
+        """The SQL of ``due_rows``, with a stand-in for the group if ``grouped``."""
+        qs = self.filter(group=_GROUP_SLOT) if grouped else self
+        qs = qs.claimable(status)
+        if skip_locked:
+            qs = qs.select_for_update(skip_locked=True)
+        sql, params = qs.values_list(*columns)[:limit].query.get_compiler(
+            using=self.db).as_sql()
+        return sql, tuple(params)
 
     def in_turn(self) -> MessageQuerySet[M]:
         """Inbox rows that nothing ahead of them in their key's order holds back: unkeyed
@@ -260,7 +278,11 @@ def later_receipts() -> models.QuerySet[ReceivedMessage]:
 
 
 MessageManager = models.Manager.from_queryset(MessageQuerySet)
-# Compiled claim SELECTs (MessageQuerySet.due_rows).
+# Compiled claim SELECTs (MessageQuerySet.due_rows), and the stand-ins they are compiled with:
+# for the group (a parameter; no group name has a NUL in it) and for the limit (written in,
+# a number no statement has otherwise).
+_GROUP_SLOT = "\x00group\x00"
+_LIMIT_SLOT = "987654321"
 _COMPILED: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
 
 

@@ -94,6 +94,19 @@ def test_without_a_backlog_everything_due_is_taken() -> None:
     assert len(taken) == 35 and taken.rows[0].group == "paced-fast"
 
 
+def test_the_compiled_group_lookup_runs_with_each_groups_name_and_limit() -> None:
+    # One statement, compiled once with stand-ins, serves every group and every limit.
+    backlog(slow=6, fast=4)
+    pending = MessageStatus.PENDING
+    lookups = [(group, limit) for limit in (2, 5, 9) for group in ("paced-slow", "paced-fast")]
+    found = {(group, limit): ReceivedMessage.objects.due_rows(
+        pending, limit, ("pk", "group"), skip_locked=False, group=group)
+        for group, limit in lookups}
+    for (group, limit), rows in found.items():
+        assert {g for _pk, g in rows} == {group}
+        assert len(rows) == min(limit, 6 if group == "paced-slow" else 4)
+
+
 def test_a_group_that_used_its_time_in_a_pass_gives_the_rest_back() -> None:
     clock = Clock()
     strategy = FairShare(clock=clock)
