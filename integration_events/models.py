@@ -19,9 +19,10 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, ClassVar, TypeVar
 
-from django.db import connections, models
+from django.db import models
 from django.db.models.functions import Now
 
+from . import loading
 from .exceptions import InvalidHeaders
 from .journal import ClaimJournal  # noqa: F401  (a model of this app: registered here)
 
@@ -171,49 +172,9 @@ class MessageQuerySet(models.QuerySet[M]):
                  skip_locked: bool, group: str | None = None) -> list[tuple[Any, ...]]:
         """``claimable(status)`` oldest first, at most ``limit`` rows of ``columns`` (the first
         must be "pk"), locked with SKIP LOCKED if asked, of one ``group`` if given (inbox
-        rows): the claim's own SELECTs.
-
-        Their SQL (three NOT EXISTS probes) costs the ORM milliseconds to build, several
-        times per claim: it is compiled once per (database, status, columns, locking, whether
-        of one group) and run from then on as it is, with the group as a parameter and the
-        limit written in."""
-        if limit <= 0:
-            return []
-        connection = connections[self.db]
-        key = (self.model, self.db, connection.vendor, status, columns, skip_locked,
-               group is not None)
-        # A queryset with filters of its own (a test's strategy) is compiled every time.
-        compiled = _COMPILED.get(key) if not self.query.where else None
-        if compiled is None:
-            compiled = self._compile_due_rows(status, columns, skip_locked, group is not None,
-                                              int(_LIMIT_SLOT))
-            if compiled[0].count(_LIMIT_SLOT) != 1:  # a backend that writes the limit otherwise
-                compiled = self._compile_due_rows(status, columns, skip_locked,
-                                                  group is not None, limit)
-            elif not self.query.where and len(_COMPILED) < 512:
-                _COMPILED[key] = compiled
-        sql, params = compiled
-        sql = sql.replace(_LIMIT_SLOT, str(int(limit)))
-        if group is not None:
-            params = tuple(group if p == _GROUP_SLOT else p for p in params)
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            rows = cursor.fetchall()
-        # The raw cursor skips the fields' converters: the primary key as the ORM gives it
-        # (a UUID, not SQLite's hex string).
-        to_python = self.model._meta.pk.to_python
-        return [(to_python(row[0]), *row[1:]) for row in rows]
-
-    def _compile_due_rows(self, status: str, columns: tuple[str, ...], skip_locked: bool,
-                          grouped: bool, limit: int) -> tuple[str, tuple[Any, ...]]:
-        """The SQL of ``due_rows``, with a stand-in for the group if ``grouped``."""
-        qs = self.filter(group=_GROUP_SLOT) if grouped else self
-        qs = qs.claimable(status)
-        if skip_locked:
-            qs = qs.select_for_update(skip_locked=True)
-        sql, params = qs.values_list(*columns)[:limit].query.get_compiler(
-            using=self.db).as_sql()
-        return sql, tuple(params)
+        rows): the claim's own SELECTs, compiled once (``loading.due_rows``)."""
+        return loading.due_rows(self, status, limit, columns, skip_locked=skip_locked,
+                                group=group)
 
     def in_turn(self) -> MessageQuerySet[M]:
         """Inbox rows that nothing ahead of them in their key's order holds back: unkeyed
@@ -278,12 +239,6 @@ def later_receipts() -> models.QuerySet[ReceivedMessage]:
 
 
 MessageManager = models.Manager.from_queryset(MessageQuerySet)
-# Compiled claim SELECTs (MessageQuerySet.due_rows), and the stand-ins they are compiled with:
-# for the group (a parameter; no group name has a NUL in it) and for the limit (written in,
-# a number no statement has otherwise).
-_GROUP_SLOT = "\x00group\x00"
-_LIMIT_SLOT = "987654321"
-_COMPILED: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
 
 
 def _has_group(model: type[models.Model]) -> bool:
@@ -294,6 +249,7 @@ def _has_group(model: type[models.Model]) -> bool:
 _HELD_BACK: list[Any] = []
 
 
+
 def _held_back_group() -> Any:
     """The GroupState rows holding back the outer row's group (built once: Exists() clones
     it, and this is part of every claim)."""
@@ -302,7 +258,7 @@ def _held_back_group() -> Any:
     return _HELD_BACK[0]
 
 
-class MessageBase(models.Model):
+class MessageBase(loading.LoadedWhole, models.Model):
     status = models.CharField(
         max_length=16, choices=MessageStatus.choices, default=MessageStatus.PENDING
     )
