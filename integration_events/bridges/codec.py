@@ -114,7 +114,10 @@ def encode_message(
             continue
         if key.startswith("cap-") and not forwarded:
             continue
-        out[key] = value if isinstance(value, str) else json.dumps(value)
+        if isinstance(value, str):
+            out[key] = value
+        else:  # a number as its JSON text (str() is that for an int, and faster)
+            out[key] = str(value) if type(value) is int else json.dumps(value)
     wire_id = str(headers[wire.MSG_ID]) if forwarded else str(message_id)
     out[wire.MSG_ID] = wire_id
     out[wire.MSG_NAME] = topic

@@ -47,7 +47,11 @@ def format_sent_time(moment: datetime) -> str:
     or, from 7.x on, ``DateTime.Now.ToString()``: the sender's culture and local time.)"""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%m/%d/%Y %H:%M:%S +00:00")
+    elif moment.utcoffset():
+        moment = moment.astimezone(UTC)
+    # Not strftime: it is the slowest part of encoding a message (once per message sent).
+    return (f"{moment.month:02d}/{moment.day:02d}/{moment.year:04d} "
+            f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d} +00:00")
 
 
 _DATE = r"(?P<a>\d{1,4})(?P<sep>[/.\-])\s?(?P<b>\d{1,2})(?P=sep)\s?(?P<c>\d{1,4})\.?"

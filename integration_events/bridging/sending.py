@@ -23,10 +23,12 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
+from django.utils import timezone
 
 from ..bridges.codec import OutboundMessage, encode_message
 from ..bridges.config import BridgeConfig
@@ -85,9 +87,10 @@ class BridgeSender:
         config = self.config()
         outcomes: list[BaseException | None] = [None] * len(deliveries)
         pending: list[tuple[int, OutboundMessage]] = []
+        now = timezone.now()  # the batch's cap-senttime (whole seconds on the wire)
         for index, delivery in enumerate(deliveries):
             try:
-                pending.append((index, self.encode(delivery, config)))
+                pending.append((index, self.encode(delivery, config, now)))
             except Exception as exc:  # WireEncodingError fails at once; anything else retries
                 outcomes[index] = exc
         retried = False
@@ -116,7 +119,8 @@ class BridgeSender:
             pending = pending[len(chunk):]
         return outcomes
 
-    def encode(self, delivery: Delivery, config: BridgeConfig) -> OutboundMessage:
+    def encode(self, delivery: Delivery, config: BridgeConfig, now: datetime | None = None
+               ) -> OutboundMessage:
         message = delivery.message
         event_class = event_class_for(message.topic)
         return encode_message(
@@ -125,7 +129,7 @@ class BridgeSender:
             topic=message.topic, message_id=message.pk, content=message.content,
             headers=delivery.context.headers, naming=config.naming,
             type_name=event_class.__name__ if event_class is not None else None,
-            max_body_bytes=config.max_body_bytes,
+            max_body_bytes=config.max_body_bytes, now=now,
         )
 
     def settle(self, chunk: Sequence[tuple[int, OutboundMessage]],
