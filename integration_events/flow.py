@@ -231,7 +231,12 @@ class FairShare(OldestFirst):
                     skip_locked: bool, have: list[Any] | tuple[()] = ()) -> list[Any]:
         """Up to ``share`` new rows of one group that a claim may take (one index range), by
         the same rule as the window's (``claimable``: due, not held back, in its key's
-        turn), other than the pending rows of it in hand (``have``)."""
+        turn), other than the pending rows of it in hand (``have``).
+
+        The rows in hand are normally the first ones read. A row committed meanwhile that
+        sorts ahead of them can push some out, and then up to ``len(have)`` rows past
+        ``share`` are read, and locked with SKIP LOCKED, without being taken: bounded, held
+        only until this claim commits, and taken by the next claim."""
         rows = qs.due_rows(PENDING, share + len(have), ("pk", "error_type"),
                            skip_locked=skip_locked, group=group)
         known = set(have)

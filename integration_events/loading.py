@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from django.db import connections
-from django.db.models.base import ModelState
+from django.core.exceptions import EmptyResultSet
+from django.db import connections, router
+from django.db.models.base import Model, ModelState
 from django.db.models.signals import post_init, pre_init
+from django.db.transaction import TransactionManagementError
 
 if TYPE_CHECKING:
     from .models import MessageQuerySet
@@ -25,8 +27,8 @@ if TYPE_CHECKING:
 _COMPILED: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
 _GROUP_SLOT = "\x00group\x00"
 _LIMIT_SLOT = "987654321"
-# The attribute names of each model's columns, in the order rows are loaded.
-_ATTNAMES: dict[type, tuple[str, ...]] = {}
+# The attribute names of each model's columns, in the order rows are loaded (``_attnames``).
+_ATTNAMES: dict[type, tuple[str, ...] | None] = {}
 
 
 def due_rows(qs: MessageQuerySet[Any], status: str, limit: int, columns: tuple[str, ...], *,
@@ -36,23 +38,37 @@ def due_rows(qs: MessageQuerySet[Any], status: str, limit: int, columns: tuple[s
 
     Compiled once per (database, status, columns, locking, whether of one group) and run
     from then on as it is, with the group as a parameter and the limit written in. A
-    queryset with filters of its own (a test's strategy) is compiled every time."""
+    queryset that adds anything of its own (a test's strategy filtering) is compiled every
+    time, and so is every lookup on a backend that does not write the limit as it is."""
     if limit <= 0:
         return []
-    connection = connections[qs.db]
-    key = (qs.model, qs.db, connection.vendor, status, columns, skip_locked,
-           group is not None)
-    cacheable = not qs.query.where
+    db = qs._db or (router.db_for_write(qs.model) if skip_locked  # type: ignore[attr-defined]
+                    else router.db_for_read(qs.model))
+    connection = connections[db]
+    if skip_locked:
+        _check_in_transaction(connection)
+    key = (qs.model, db, connection.vendor, status, columns, skip_locked, group is not None)
+    cacheable = _plain(qs.query)
     compiled = _COMPILED.get(key) if cacheable else None
-    if compiled is None:
-        compiled = _compile(qs, status, columns, skip_locked, group is not None,
-                            int(_LIMIT_SLOT))
-        if compiled[0].count(_LIMIT_SLOT) != 1:  # a backend that writes the limit otherwise
-            compiled = _compile(qs, status, columns, skip_locked, group is not None, limit)
-        elif cacheable and len(_COMPILED) < 512:
-            _COMPILED[key] = compiled
+    try:
+        if compiled is None:
+            compiled = _compile(qs.using(db), status, columns, skip_locked, group is not None,
+                                int(_LIMIT_SLOT))
+            if compiled[0].count(_LIMIT_SLOT) == 1:
+                if cacheable and len(_COMPILED) < 512:
+                    _COMPILED[key] = compiled
+            else:  # the limit written otherwise (or the number also in a filter of its own)
+                compiled = _compile(qs.using(db), status, columns, skip_locked,
+                                    group is not None, limit)
+                return _run(qs, connection, *compiled, group)
+    except EmptyResultSet:  # a strategy's qs.none()
+        return []
     sql, params = compiled
-    sql = sql.replace(_LIMIT_SLOT, str(int(limit)))
+    return _run(qs, connection, sql.replace(_LIMIT_SLOT, str(int(limit))), params, group)
+
+
+def _run(qs: MessageQuerySet[Any], connection: Any, sql: str, params: tuple[Any, ...],
+         group: str | None) -> list[tuple[Any, ...]]:
     if group is not None:
         params = tuple(group if p == _GROUP_SLOT else p for p in params)
     with connection.cursor() as cursor:
@@ -62,6 +78,27 @@ def due_rows(qs: MessageQuerySet[Any], status: str, limit: int, columns: tuple[s
     # (a UUID, not SQLite's hex string).
     to_python = qs.model._meta.pk.to_python
     return [(to_python(row[0]), *row[1:]) for row in rows]
+
+
+def _plain(query: Any) -> bool:
+    """Whether a queryset adds nothing to its manager's (no filter, join, annotation,
+    extra, distinct, ordering, slice, locking or values of its own): only those lookups
+    are cached."""
+    return not (query.where or query.annotations or query.extra or query.extra_tables
+                or query.distinct or query.select_for_update or query.low_mark
+                or query.high_mark is not None or query.order_by or query.extra_order_by
+                or query.combinator or query.select_related or len(query.alias_map) > 1
+                or query.values_select or query.group_by is not None)
+
+
+def _check_in_transaction(connection: Any) -> None:
+    """Django's own check for a locking read, which a cached statement no longer passes
+    through: outside a transaction the lock would end with the statement."""
+    features = connection.features
+    if features.has_select_for_update and features.supports_transactions \
+            and connection.get_autocommit():
+        raise TransactionManagementError(
+            "select_for_update cannot be used outside of a transaction.")
 
 
 def _compile(qs: MessageQuerySet[Any], status: str, columns: tuple[str, ...],
@@ -84,12 +121,11 @@ class LoadedWhole:
 
     @classmethod
     def from_db(cls, db: str | None, field_names: Any, values: Any, **kwargs: Any) -> Any:
-        attnames = _ATTNAMES.get(cls)
-        if attnames is None:
-            attnames = _ATTNAMES[cls] = tuple(
-                f.attname for f in cls._meta.concrete_fields)  # type: ignore[attr-defined]
-        if len(values) != len(attnames) or pre_init.has_listeners(cls) or \
-                post_init.has_listeners(cls):
+        attnames = _ATTNAMES.get(cls, ())
+        if attnames == ():
+            attnames = _ATTNAMES[cls] = _attnames(cls)
+        if attnames is None or len(values) != len(attnames) or \
+                pre_init.has_listeners(cls) or post_init.has_listeners(cls):
             return super().from_db(db, field_names, values, **kwargs)  # type: ignore[misc]
         new = cls.__new__(cls)
         new.__dict__.update(zip(attnames, values, strict=True))
@@ -99,3 +135,11 @@ class LoadedWhole:
         if fetch_mode is not None:
             state.fetch_mode = fetch_mode
         return new
+
+
+def _attnames(cls: Any) -> tuple[str, ...] | None:
+    """The attribute names of a model's columns in the order rows are loaded; None for a
+    model with an ``__init__`` of its own, which must run."""
+    if cls.__init__ is not Model.__init__:
+        return None
+    return tuple(f.attname for f in cls._meta.concrete_fields)

@@ -249,7 +249,6 @@ def _has_group(model: type[models.Model]) -> bool:
 _HELD_BACK: list[Any] = []
 
 
-
 def _held_back_group() -> Any:
     """The GroupState rows holding back the outer row's group (built once: Exists() clones
     it, and this is part of every claim)."""

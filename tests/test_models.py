@@ -7,9 +7,9 @@ import pytest
 from django.db import models
 from django.db.models.signals import post_init
 
-from integration_events import publish_many
+from integration_events import loading, publish_many
 from integration_events.loading import LoadedWhole
-from integration_events.models import MessageBase, PublishedMessage, ReceivedMessage
+from integration_events.models import PublishedMessage, ReceivedMessage
 from integration_events.worker import Worker
 from tests.eventapp.events import ProbeHappened
 
@@ -44,7 +44,7 @@ def test_rows_load_as_djangos_own_way_loads_them(monkeypatch) -> None:
         inits.append(self)
         init(self, *args, **kwargs)
 
-    monkeypatch.setattr(MessageBase, "__init__", counted)
+    monkeypatch.setattr(models.Model, "__init__", counted)
     ours = [loaded(q()) for q in queries]
     assert inits == []  # built without __init__
     django_way(monkeypatch)
@@ -71,3 +71,17 @@ def test_deferred_fields_and_init_receivers_take_djangos_way() -> None:
     finally:
         post_init.disconnect(receiver, sender=PublishedMessage)
     assert seen == [again]
+
+
+def test_a_model_with_an_init_of_its_own_runs_it(monkeypatch) -> None:
+    publish_many([ProbeHappened(n=1)])
+    monkeypatch.setattr(loading, "_ATTNAMES", {})
+    built: list[object] = []
+
+    def own_init(self, *args, **kwargs) -> None:
+        built.append(self)
+        models.Model.__init__(self, *args, **kwargs)
+
+    monkeypatch.setattr(PublishedMessage, "__init__", own_init)
+    row = PublishedMessage.objects.get()
+    assert built == [row] and row.topic

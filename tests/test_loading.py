@@ -1,0 +1,68 @@
+"""The claim's compiled lookups (loading.due_rows): the cached SQL serves only querysets
+that add nothing of their own, its stand-ins never touch a caller's SQL, and Django's own
+checks still hold."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection, models, transaction
+from django.db.transaction import TransactionManagementError
+
+from integration_events import loading, publish_many
+from integration_events.models import MessageStatus, ReceivedMessage
+from integration_events.worker import Worker
+from tests.eventapp.events import ProbeHappened
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PENDING = MessageStatus.PENDING
+
+
+@pytest.fixture
+def pending_rows() -> int:
+    publish_many([ProbeHappened(n=n) for n in range(4)])
+    Worker(keep_leases=False).dispatch_batch()
+    count = ReceivedMessage.objects.filter(status=PENDING).count()
+    assert count >= 4
+    return count
+
+
+def test_a_callers_own_sql_keeps_the_limits_stand_in_number(pending_rows) -> None:
+    # The stand-in limit is replaced in the statement compiled with it; a statement that
+    # holds the same number of its own is compiled with the real limit and left alone.
+    qs = ReceivedMessage.objects.extra(where=[f"{loading._LIMIT_SLOT} > 10"])
+    rows = qs.due_rows(PENDING, 3, ("pk",), skip_locked=False)
+    assert len(rows) == 3  # "3 > 10" if the number were replaced: no rows
+
+
+@pytest.mark.parametrize("shape", [
+    lambda qs: qs.annotate(one=models.Value(1)),
+    lambda qs: qs.extra(select={"one": "1"}),
+    lambda qs: qs.distinct(),
+    lambda qs: qs.select_related("message"),
+    lambda qs: qs.order_by("-pk"),
+    lambda qs: qs.filter(topic="nothing.here"),
+], ids=["annotate", "extra-select", "distinct", "select-related", "order-by", "filter"])
+def test_only_plain_querysets_are_compiled_once(pending_rows, shape) -> None:
+    loading._COMPILED.clear()
+    shaped = shape(ReceivedMessage.objects.all())
+    shaped.due_rows(PENDING, 2, ("pk",), skip_locked=False)
+    assert loading._COMPILED == {}
+    rows = ReceivedMessage.objects.due_rows(PENDING, 2, ("pk",), skip_locked=False)
+    assert len(loading._COMPILED) == 1 and len(rows) == 2
+
+
+def test_an_empty_queryset_finds_nothing(pending_rows) -> None:
+    assert ReceivedMessage.objects.none().due_rows(PENDING, 5, ("pk",),
+                                                   skip_locked=False) == []
+
+
+@pytest.mark.skipif(not connection.features.has_select_for_update,
+                    reason="no locking reads on this database")
+def test_a_locking_lookup_outside_a_transaction_is_refused_every_time(pending_rows) -> None:
+    for _ in range(2):  # compiled the first time, cached the second
+        with pytest.raises(TransactionManagementError):
+            ReceivedMessage.objects.due_rows(PENDING, 2, ("pk",), skip_locked=True)
+        with transaction.atomic():
+            assert len(ReceivedMessage.objects.due_rows(PENDING, 2, ("pk",),
+                                                        skip_locked=True)) == 2
