@@ -206,7 +206,7 @@ def claim(model: type[M], using: str, limit: int, claimer: str, strategy: ClaimS
     if not pks:
         return Claim(model, using, token, [], locked=ran)
     position = {pk: i for i, pk in enumerate(pks)}
-    held: list[M] = list(manager.held(token).filter(pk__in=pks))
+    held: list[M] = list(manager.held(token).with_pks(pks))
     rows = sorted(held, key=lambda r: position[r.pk])
     taken = Claim(model, using, token, rows, locked=ran)
     if count_attempt and count_attempt is not True:
@@ -229,7 +229,7 @@ def _lease(manager: Any, pks: list[Any], token: uuid.UUID, claimer: str,
             When(group__in=sorted(count_attempt), then=F("attempts") + 1),
             default=F("attempts"), output_field=PositiveIntegerField())
     # The status condition makes this a compare-and-set where rows are not locked.
-    manager.filter(pk__in=pks, status__in=ACTIVE_STATUSES).update(**changes)
+    manager.with_pks(pks).filter(status__in=ACTIVE_STATUSES).update(**changes)
 
 
 def _run_locked(manager: Any, using: str, pks: list[Any], groups: frozenset[str],
@@ -244,7 +244,7 @@ def _run_locked(manager: Any, using: str, pks: list[Any], groups: frozenset[str]
     # By primary key alone, unordered: with a group condition too, stale statistics after a
     # burst lead PostgreSQL's planner to scan the whole group per claim. Rows of other
     # groups in the claim are read here too (and again once leased).
-    rows = [row for row in manager.filter(pk__in=pks).select_related("message").order_by()
+    rows = [row for row in manager.with_pks(pks).select_related("message").order_by()
             if row.group in groups]
     if not rows:
         return 0, None, pks

@@ -1,10 +1,13 @@
-"""How the engine's hot reads load rows: the claim's compiled SELECTs and a leaner
-``from_db`` for the message models.
+"""How the engine's hot statements find and load rows: the claim's compiled SELECTs, the
+rows of a claim by primary key, and a leaner ``from_db`` for the message models.
 
 A claim runs several SELECTs with three NOT EXISTS probes each (``claimable``); the ORM
 spends milliseconds building each one, more than the database spends running it. They are
-compiled once per shape and run from then on as they are. A claim then loads hundreds of
-rows with their messages; ``Model.__init__`` sets one attribute at a time and was most of
+compiled once per shape and run from then on as they are. A claim then loads, leases and
+finishes hundreds of rows by primary key: an IN list of that length costs milliseconds of
+Python per statement (Django prepares each element; psycopg parses again a statement too
+long for its cache), so on PostgreSQL the keys go as one array parameter. It loads them
+with their messages; ``Model.__init__`` sets one attribute at a time and was most of
 that work.
 """
 
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import EmptyResultSet
 from django.db import connections, router
+from django.db.models import Lookup
 from django.db.models.base import Model, ModelState
 from django.db.models.signals import post_init, pre_init
 from django.db.transaction import TransactionManagementError
@@ -99,6 +103,32 @@ def _check_in_transaction(connection: Any) -> None:
             and connection.get_autocommit():
         raise TransactionManagementError(
             "select_for_update cannot be used outside of a transaction.")
+
+
+def with_pks(qs: MessageQuerySet[Any], pks: Any) -> MessageQuerySet[Any]:
+    """``qs`` narrowed to the rows of ``pks``: ``= ANY(array)`` on PostgreSQL, else IN."""
+    pks = list(pks)
+    if pks and connections[qs.db].vendor == "postgresql":
+        return qs.filter(pk__ie_any=pks)
+    return qs.filter(pk__in=pks)
+
+
+class AnyOf(Lookup):
+    """``field__ie_any=[...]``: ``field = ANY(%s)`` with the list as one array parameter
+    (PostgreSQL), registered on the message models' primary keys (``register_pk_lookups``)."""
+
+    lookup_name = "ie_any"
+    prepare_rhs = False
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, tuple[Any, ...]]:
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        prep = self.lhs.output_field.get_db_prep_value
+        return f"{lhs} = ANY(%s)", (*lhs_params, [prep(v, connection) for v in self.rhs])
+
+
+def register_pk_lookups(*models: Any) -> None:
+    for model in models:
+        model._meta.pk.register_lookup(AnyOf)
 
 
 def _compile(qs: MessageQuerySet[Any], status: str, columns: tuple[str, ...],

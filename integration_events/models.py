@@ -125,10 +125,10 @@ class MessageQuerySet(models.QuerySet[M]):
             # By primary key alone: the rows are locked, so nothing else changed them (a
             # status condition too can lead the planner, with stale statistics after a
             # burst, to scan every waiting row per statement).
-            return self.filter(pk__in=list(pks)).update(
+            return self.with_pks(pks).update(
                 attempts=models.F("attempts") + 1, lease_token=None, lease_until=None,
                 **changes)
-        return self.held(token).filter(pk__in=list(pks)).update(
+        return self.held(token).with_pks(pks).update(
             lease_token=None, lease_until=None, **changes
         )
 
@@ -144,7 +144,7 @@ class MessageQuerySet(models.QuerySet[M]):
         rows locked by this transaction, whose attempt was never written)."""
         changes: dict[str, Any] = {"status": MessageStatus.RETRYING, "next_attempt_at": Now()}
         if token is None:  # locked rows (see finish)
-            return self.filter(pk__in=list(pks)).update(**changes)
+            return self.with_pks(pks).update(**changes)
         if refund:
             changes["attempts"] = models.F("attempts") - 1
         return self.finish(pks, token, **changes)
@@ -152,7 +152,7 @@ class MessageQuerySet(models.QuerySet[M]):
     def count_attempt(self, pks: Iterable[Any], token: uuid.UUID) -> int:
         """Count an attempt on the rows still held under ``token`` (before their handlers run,
         in its own committed statement, so a worker that dies still uses the attempt up)."""
-        return self.held(token).filter(pk__in=list(pks)).update(attempts=models.F("attempts") + 1)
+        return self.held(token).with_pks(pks).update(attempts=models.F("attempts") + 1)
 
     def renew(self, tokens: Iterable[uuid.UUID], seconds: float) -> int:
         """Push the lease of every row held under ``tokens`` to now + ``seconds``."""
@@ -175,6 +175,11 @@ class MessageQuerySet(models.QuerySet[M]):
         rows): the claim's own SELECTs, compiled once (``loading.due_rows``)."""
         return loading.due_rows(self, status, limit, columns, skip_locked=skip_locked,
                                 group=group)
+
+    def with_pks(self, pks: Iterable[Any]) -> MessageQuerySet[M]:
+        """These rows by primary key (one array parameter on PostgreSQL, not an IN list of
+        hundreds: ``loading.with_pks``)."""
+        return loading.with_pks(self, pks)
 
     def in_turn(self) -> MessageQuerySet[M]:
         """Inbox rows that nothing ahead of them in their key's order holds back: unkeyed
@@ -422,6 +427,9 @@ class ReceivedMessage(MessageBase):
         if self.last_error:
             headers["exception"] = self.last_error.split("\n", 1)[0]
         return headers
+
+
+loading.register_pk_lookups(PublishedMessage, ReceivedMessage)
 
 
 class OrderingKey(models.Model):

@@ -66,3 +66,19 @@ def test_a_locking_lookup_outside_a_transaction_is_refused_every_time(pending_ro
         with transaction.atomic():
             assert len(ReceivedMessage.objects.due_rows(PENDING, 2, ("pk",),
                                                         skip_locked=True)) == 2
+
+
+def test_rows_by_primary_key_take_one_array_parameter_on_postgresql(pending_rows) -> None:
+    from django.test.utils import CaptureQueriesContext
+
+    pks = list(ReceivedMessage.objects.order_by("pk").values_list("pk", flat=True))
+    chosen = [pks[0], str(pks[-1])]  # a key given as text is prepared like the field's
+    with CaptureQueriesContext(connection) as queries:
+        found = set(ReceivedMessage.objects.with_pks(chosen).values_list("pk", flat=True))
+        changed = ReceivedMessage.objects.with_pks(iter(pks[1:3])).update(attempts=7)
+    assert found == {pks[0], pks[-1]} and changed == 2
+    assert set(ReceivedMessage.objects.filter(attempts=7).values_list("pk", flat=True)) == \
+        set(pks[1:3])
+    shape = "= ANY(" if connection.vendor == "postgresql" else " IN ("
+    assert all(shape in q["sql"] for q in queries.captured_queries)
+    assert list(ReceivedMessage.objects.with_pks([])) == []
