@@ -10,6 +10,10 @@ measure one round each in turn (base, head, base, head, ...), so slow moments of
 machine fall on both. A round: publish N events (2 groups each), fan them out, then time
 only the execute step (Worker.execute_batch until nothing is left), wall and CPU.
 Prints the medians and the ratio head / base of deliveries per second (goal >= 0.95).
+
+With --bridge, the deliveries are a bridge's instead (issue 12's sending path): N events
+of one topic sent by the group bridge:out with its default settings to a RabbitMQ exchange
+of each side's own (127.0.0.1:5672, guest/guest), whose queue is emptied every round.
 """
 
 from __future__ import annotations
@@ -47,15 +51,32 @@ from integration_events.worker import Worker
 from tests.eventapp.events import ProbeHappened
 from tests.eventapp.models import Delivery
 n = int(sys.argv[1])
+bridge = os.environ.get("IE_CMP_BRIDGE") == "1"
+Event, per_event, config = ProbeHappened, 2, {"NUDGE": False}
+if bridge:
+    import pika
+    from tests.eventapp.events import LonelyHappened
+    exchange = queue = "cmp-" + os.environ["IE_DB_NAME"]
+    amqp = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672))
+    channel = amqp.channel()
+    channel.exchange_declare(exchange, "topic", durable=True)
+    channel.queue_declare(queue, durable=True)
+    channel.queue_bind(queue, exchange, "#")
+    Event, per_event = LonelyHappened, 1
+    config["BRIDGES"] = {"out": {"TRANSPORT": "amqp", "EXCHANGE": exchange,
+                                 "URL": "amqp://guest:guest@127.0.0.1:5672/%2F",
+                                 "SEND": [LonelyHappened.topic]}}
 print("ready", flush=True)
 try:
-    with override_settings(INTEGRATION_EVENTS={"NUDGE": False}):
+    with override_settings(INTEGRATION_EVENTS=config):
         for line in sys.stdin:
             if line.strip() != "go":
                 break
             for model in (Delivery, ReceivedMessage, PublishedMessage):
                 model.objects.all()._raw_delete(connection.alias)
-            publish_many([ProbeHappened(n=i) for i in range(n)])
+            if bridge:
+                channel.queue_purge(queue)
+            publish_many([Event(n=i) for i in range(n)])
             worker = Worker(keep_leases=False)
             while worker.dispatch_batch().dispatched:
                 pass
@@ -66,9 +87,14 @@ try:
                     break
                 done += got
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            assert done == 2 * n, done
+            assert done == per_event * n, done
             print(json.dumps({"per_s": done / wall, "cpu_us": cpu * 1e6 / done}), flush=True)
 finally:
+    if bridge:  # the sender's second connections (the claim journal's, the resolver's)
+        from integration_events import journal
+        from integration_events.bridging import resolver
+        resolver.close()
+        journal.close_connections()
     runner.teardown_databases(old)
 """
 
@@ -79,6 +105,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--messages", type=int, default=1000)
     p.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")
+    p.add_argument("--bridge", action="store_true",
+                   help="a bridge's sending path (RabbitMQ) instead of local handlers")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ie-base-"))
     base_dir = work / "base"
@@ -90,7 +118,8 @@ def main() -> int:
             env = {**os.environ, "IE_DB": args.db, "IE_DB_NAME": f"cmp_{side}",
                    "IE_SQLITE_TEST_PATH": str(work / f"{side}.sqlite3"),
                    "IE_VAR_DIR": str(work / f"var-{side}"), "IE_LOG_LEVEL": "WARNING",
-                   "DJANGO_DEBUG": "0", "PYTHONPATH": str(cwd)}
+                   "DJANGO_DEBUG": "0", "PYTHONPATH": str(cwd),
+                   "IE_CMP_BRIDGE": "1" if args.bridge else "0"}
             children[side] = subprocess.Popen(
                 [sys.executable, "-c", CHILD, str(args.messages)], cwd=cwd, env=env,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -110,7 +139,9 @@ def main() -> int:
         med = {side: {k: statistics.median(r[k] for r in rs) for k in ("per_s", "cpu_us")}
                for side, rs in results.items()}
         ratio = med["head"]["per_s"] / med["base"]["per_s"]
-        print(f"\nexecute step, {args.messages} x 2 deliveries, {args.rounds} interleaved rounds, "
+        what = "bridge:out" if args.bridge else "x 2"
+        print(f"\nexecute step, {args.messages} {what} deliveries, {args.rounds} interleaved "
+              f"rounds, "
               f"{args.db}: base {args.base} {med['base']['per_s']:,.0f}/s "
               f"({med['base']['cpu_us']:.0f} us CPU per delivery), head "
               f"{med['head']['per_s']:,.0f}/s ({med['head']['cpu_us']:.0f} us): "
