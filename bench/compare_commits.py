@@ -95,6 +95,9 @@ finally:
         from integration_events.bridging import resolver
         resolver.close()
         journal.close_connections()
+        channel.queue_delete(queue)
+        channel.exchange_delete(exchange)
+        amqp.close()
     runner.teardown_databases(old)
 """
 

@@ -164,7 +164,7 @@ def _rerun_alone(ex: Executor, taken: Claim[ReceivedMessage], prepared: list[Pre
                  ) -> PassStats:
     stats = PassStats()
     pks = [p.row.pk for p in prepared]
-    still_ours = set(ex.inbox.held(taken.token).filter(pk__in=pks).values_list("pk", flat=True))
+    still_ours = set(ex.inbox.held(taken.token).with_pks(pks).values_list("pk", flat=True))
     for item in prepared:
         if item.row.pk in still_ours:
             outcome = ex.run_single(taken, item.row, item.delivery.message, counted=True)

@@ -195,7 +195,7 @@ class Executor:
         if self.inbox.count_attempt(pks, taken.token) == len(pks):
             held = set(pks)
         else:  # some lease was lost meanwhile (rare): find out which rows are still ours
-            held = set(self.inbox.held(taken.token).filter(pk__in=pks)
+            held = set(self.inbox.held(taken.token).with_pks(pks)
                        .values_list("pk", flat=True))
         counted: list[ReceivedMessage] = []
         for row in rows:

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import EmptyResultSet
 from django.db import connections, router
-from django.db.models import Lookup
+from django.db.models import F, Lookup
 from django.db.models.base import Model, ModelState
+from django.db.models.lookups import In
 from django.db.models.signals import post_init, pre_init
 from django.db.transaction import TransactionManagementError
 
@@ -46,8 +47,9 @@ def due_rows(qs: MessageQuerySet[Any], status: str, limit: int, columns: tuple[s
     time, and so is every lookup on a backend that does not write the limit as it is."""
     if limit <= 0:
         return []
-    db = qs._db or (router.db_for_write(qs.model) if skip_locked  # type: ignore[attr-defined]
-                    else router.db_for_read(qs.model))
+    raw: Any = qs  # its routing as QuerySet.db would give it once locking
+    db = raw._db or (router.db_for_write(qs.model, **raw._hints) if skip_locked or raw._for_write
+                     else router.db_for_read(qs.model, **raw._hints))
     connection = connections[db]
     if skip_locked:
         _check_in_transaction(connection)
@@ -86,12 +88,13 @@ def _run(qs: MessageQuerySet[Any], connection: Any, sql: str, params: tuple[Any,
 
 def _plain(query: Any) -> bool:
     """Whether a queryset adds nothing to its manager's (no filter, join, annotation,
-    extra, distinct, ordering, slice, locking or values of its own): only those lookups
-    are cached."""
+    extra, distinct, ordering or its reverse, slice, locking or values of its own): only
+    those lookups are cached."""
     return not (query.where or query.annotations or query.extra or query.extra_tables
                 or query.distinct or query.select_for_update or query.low_mark
                 or query.high_mark is not None or query.order_by or query.extra_order_by
-                or query.combinator or query.select_related or len(query.alias_map) > 1
+                or not query.standard_ordering or query.combinator or query.select_related
+                or len(query.alias_map) > 1
                 or query.values_select or query.group_by is not None)
 
 
@@ -106,29 +109,27 @@ def _check_in_transaction(connection: Any) -> None:
 
 
 def with_pks(qs: MessageQuerySet[Any], pks: Any) -> MessageQuerySet[Any]:
-    """``qs`` narrowed to the rows of ``pks``: ``= ANY(array)`` on PostgreSQL, else IN."""
-    pks = list(pks)
-    if pks and connections[qs.db].vendor == "postgresql":
-        return qs.filter(pk__ie_any=pks)
-    return qs.filter(pk__in=pks)
+    """``qs`` narrowed to the rows of ``pks``: ``= ANY(array)`` on PostgreSQL, else IN (the
+    connection that compiles the statement decides)."""
+    return qs.filter(AnyOf(F("pk"), list(pks)))
 
 
 class AnyOf(Lookup):
-    """``field__ie_any=[...]``: ``field = ANY(%s)`` with the list as one array parameter
-    (PostgreSQL), registered on the message models' primary keys (``register_pk_lookups``)."""
+    """``AnyOf(F("pk"), [...])``, a filter expression: ``pk = ANY(%s)`` with the list as one
+    array parameter on PostgreSQL, Django's own ``IN`` elsewhere."""
 
     lookup_name = "ie_any"
     prepare_rhs = False
 
-    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, tuple[Any, ...]]:
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, Any]:
+        return In(self.lhs, self.rhs).as_sql(compiler, connection)
+
+    def as_postgresql(self, compiler: Any, connection: Any) -> tuple[str, tuple[Any, ...]]:
+        if not self.rhs:
+            raise EmptyResultSet
         lhs, lhs_params = self.process_lhs(compiler, connection)
         prep = self.lhs.output_field.get_db_prep_value
         return f"{lhs} = ANY(%s)", (*lhs_params, [prep(v, connection) for v in self.rhs])
-
-
-def register_pk_lookups(*models: Any) -> None:
-    for model in models:
-        model._meta.pk.register_lookup(AnyOf)
 
 
 def _compile(qs: MessageQuerySet[Any], status: str, columns: tuple[str, ...],
@@ -169,7 +170,7 @@ class LoadedWhole:
 
 def _attnames(cls: Any) -> tuple[str, ...] | None:
     """The attribute names of a model's columns in the order rows are loaded; None for a
-    model with an ``__init__`` of its own, which must run."""
-    if cls.__init__ is not Model.__init__:
+    model with an ``__init__`` or a ``__setattr__`` of its own, which must run."""
+    if cls.__init__ is not Model.__init__ or cls.__setattr__ is not Model.__setattr__:
         return None
     return tuple(f.attname for f in cls._meta.concrete_fields)

@@ -429,8 +429,6 @@ class ReceivedMessage(MessageBase):
         return headers
 
 
-loading.register_pk_lookups(PublishedMessage, ReceivedMessage)
-
 
 class OrderingKey(models.Model):
     """The commit order of one ordering key: publishing a keyed message locks this row

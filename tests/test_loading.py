@@ -41,8 +41,10 @@ def test_a_callers_own_sql_keeps_the_limits_stand_in_number(pending_rows) -> Non
     lambda qs: qs.distinct(),
     lambda qs: qs.select_related("message"),
     lambda qs: qs.order_by("-pk"),
+    lambda qs: qs.reverse(),
     lambda qs: qs.filter(topic="nothing.here"),
-], ids=["annotate", "extra-select", "distinct", "select-related", "order-by", "filter"])
+], ids=["annotate", "extra-select", "distinct", "select-related", "order-by", "reverse",
+     "filter"])
 def test_only_plain_querysets_are_compiled_once(pending_rows, shape) -> None:
     loading._COMPILED.clear()
     shaped = shape(ReceivedMessage.objects.all())
@@ -82,3 +84,18 @@ def test_rows_by_primary_key_take_one_array_parameter_on_postgresql(pending_rows
     shape = "= ANY(" if connection.vendor == "postgresql" else " IN ("
     assert all(shape in q["sql"] for q in queries.captured_queries)
     assert list(ReceivedMessage.objects.with_pks([])) == []
+
+
+def test_the_array_lookup_serves_any_model_and_key_type(pending_rows) -> None:
+    # An expression, not a lookup registered on some fields: a model of the engine's with a
+    # text primary key takes it as well.
+    from django.db.models import F
+
+    from integration_events.loading import AnyOf
+    from integration_events.models import GroupState
+
+    for group in ("a", "b", "c"):
+        GroupState.objects.create(group=group)
+    found = GroupState.objects.filter(AnyOf(F("pk"), ["a", "c", "zz"]))
+    assert sorted(found.values_list("group", flat=True)) == ["a", "c"]
+    assert not GroupState.objects.filter(AnyOf(F("pk"), [])).exists()

@@ -85,3 +85,17 @@ def test_a_model_with_an_init_of_its_own_runs_it(monkeypatch) -> None:
     monkeypatch.setattr(PublishedMessage, "__init__", own_init)
     row = PublishedMessage.objects.get()
     assert built == [row] and row.topic
+
+
+def test_a_model_with_a_setattr_of_its_own_is_loaded_through_it(monkeypatch) -> None:
+    publish_many([ProbeHappened(n=1)])
+    monkeypatch.setattr(loading, "_ATTNAMES", {})
+    names: list[str] = []
+
+    def own_setattr(self, name, value) -> None:
+        names.append(name)
+        models.Model.__setattr__(self, name, value)
+
+    monkeypatch.setattr(PublishedMessage, "__setattr__", own_setattr)
+    row = PublishedMessage.objects.get()
+    assert "topic" in names and row.topic
