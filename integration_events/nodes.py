@@ -111,3 +111,13 @@ def start_heartbeat(**kwargs: Any) -> HeartbeatThread:
     _thread_pid = os.getpid()
     _thread.start()
     return _thread
+
+
+def stop_heartbeat(timeout: float = 5.0) -> None:
+    """Stop this process's heartbeat thread, if it runs (for code that embeds the engine, and
+    tests that send ``post_spawn`` in their own process)."""
+    global _thread, _thread_pid
+    thread, _thread, _thread_pid = _thread, None, None
+    if thread is not None and thread.is_alive():
+        thread.stopped.set()
+        thread.join(timeout)

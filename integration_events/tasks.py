@@ -122,8 +122,11 @@ def install_schedule(using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
         )
 
 
+HEARTBEAT_UID = "integration_events.heartbeat"  # the heartbeat's post_spawn receiver
+
+
 def connect_cluster_signals() -> None:
     """Start the heartbeat thread, and tell the instrumentations, in every worker process a
     qcluster spawns."""
-    post_spawn.connect(start_heartbeat, dispatch_uid="integration_events.heartbeat")
+    post_spawn.connect(start_heartbeat, dispatch_uid=HEARTBEAT_UID)
     post_spawn.connect(process_started, dispatch_uid="integration_events.instrumentation")

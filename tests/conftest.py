@@ -173,6 +173,23 @@ def _journal_connections_closed() -> Iterator[None]:
     journal.close_connections()
 
 
+@pytest.fixture(autouse=True)
+def _no_heartbeat_thread_left() -> Iterator[None]:
+    """A test that starts this process's heartbeat thread (post_spawn sent in-process) stops
+    it: left running, it beats into the test database every HEARTBEAT_INTERVAL and a later
+    test counting alive nodes sees one more, now and then."""
+    import threading
+
+    yield
+    left = [t for t in threading.enumerate() if t.name == "ie-heartbeat" and t.is_alive()]
+    if left:
+        from integration_events.nodes import stop_heartbeat
+
+        stop_heartbeat()
+        pytest.fail(f"the test left {len(left)} heartbeat thread(s) running: stop them "
+                    "(integration_events.nodes.stop_heartbeat)")
+
+
 @pytest.fixture
 def otel() -> Iterator[Any]:
     """An OpenTelemetry SDK in memory (tests.otel_support.Telemetry), the instrumentation of
