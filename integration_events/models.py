@@ -429,7 +429,6 @@ class ReceivedMessage(MessageBase):
         return headers
 
 
-
 class OrderingKey(models.Model):
     """The commit order of one ordering key: publishing a keyed message locks this row
     (until the publishing transaction ends) and takes ``last_seq + 1``, so the message that
