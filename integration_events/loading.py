@@ -41,8 +41,8 @@ def due_rows(qs: MessageQuerySet[Any], status: str, limit: int, columns: tuple[s
     """``qs.claimable(status)`` oldest first, at most ``limit`` rows of ``columns`` (the first
     must be "pk"), locked with SKIP LOCKED if asked, of one ``group`` if given.
 
-    Compiled once per (database, status, columns, locking, whether of one group) and run
-    from then on as it is, with the group as a parameter and the limit written in. A
+    Compiled once per (model, database, status, columns, locking, whether of one group) and
+    run from then on as it is, with the group as a parameter and the limit written in. A
     queryset that adds anything of its own (a test's strategy filtering) is compiled every
     time, and so is every lookup on a backend that does not write the limit as it is."""
     if limit <= 0:
@@ -53,22 +53,22 @@ def due_rows(qs: MessageQuerySet[Any], status: str, limit: int, columns: tuple[s
     connection = connections[db]
     if skip_locked:
         _check_in_transaction(connection)
-    key = (qs.model, db, connection.vendor, status, columns, skip_locked, group is not None)
+    key = (qs.model, db, status, columns, skip_locked, group is not None)
     cacheable = _plain(qs.query)
     compiled = _COMPILED.get(key) if cacheable else None
-    try:
-        if compiled is None:
-            compiled = _compile(qs.using(db), status, columns, skip_locked, group is not None,
-                                int(_LIMIT_SLOT))
-            if compiled[0].count(_LIMIT_SLOT) == 1:
-                if cacheable and len(_COMPILED) < 512:
-                    _COMPILED[key] = compiled
-            else:  # the limit written otherwise (or the number also in a filter of its own)
-                compiled = _compile(qs.using(db), status, columns, skip_locked,
-                                    group is not None, limit)
-                return _run(qs, connection, *compiled, group)
-    except EmptyResultSet:  # a strategy's qs.none()
-        return []
+    if compiled is None:
+        grouped, qs_db = group is not None, qs.using(db)
+        try:
+            compiled = _compile(qs_db, status, columns, skip_locked, grouped, int(_LIMIT_SLOT))
+            if compiled[0].count(_LIMIT_SLOT) != 1:
+                # The limit written otherwise (or the number also in SQL of the caller's):
+                # compiled with the real limit, every time.
+                sql, params = _compile(qs_db, status, columns, skip_locked, grouped, limit)
+                return _run(qs, connection, sql, params, group)
+        except EmptyResultSet:  # a strategy's qs.none()
+            return []
+        if cacheable and len(_COMPILED) < 512:
+            _COMPILED[key] = compiled
     sql, params = compiled
     return _run(qs, connection, sql.replace(_LIMIT_SLOT, str(int(limit))), params, group)
 
@@ -118,7 +118,6 @@ class AnyOf(Lookup):
     """``AnyOf(F("pk"), [...])``, a filter expression: ``pk = ANY(%s)`` with the list as one
     array parameter on PostgreSQL, Django's own ``IN`` elsewhere."""
 
-    lookup_name = "ie_any"
     prepare_rhs = False
 
     def as_sql(self, compiler: Any, connection: Any) -> tuple[str, Any]:
@@ -152,8 +151,9 @@ class LoadedWhole:
 
     @classmethod
     def from_db(cls, db: str | None, field_names: Any, values: Any, **kwargs: Any) -> Any:
-        attnames = _ATTNAMES.get(cls, ())
-        if attnames == ():
+        try:
+            attnames = _ATTNAMES[cls]
+        except KeyError:
             attnames = _ATTNAMES[cls] = _attnames(cls)
         if attnames is None or len(values) != len(attnames) or \
                 pre_init.has_listeners(cls) or post_init.has_listeners(cls):

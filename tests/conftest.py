@@ -180,11 +180,11 @@ def _no_heartbeat_thread_left() -> Iterator[None]:
     test counting alive nodes sees one more, now and then."""
     import threading
 
-    yield
-    left = [t for t in threading.enumerate() if t.name == "ie-heartbeat" and t.is_alive()]
-    if left:
-        from integration_events.nodes import stop_heartbeat
+    from integration_events.nodes import HeartbeatThread, stop_heartbeat
 
+    yield
+    left = [t for t in threading.enumerate() if isinstance(t, HeartbeatThread) and t.is_alive()]
+    if left:
         stop_heartbeat()
         pytest.fail(f"the test left {len(left)} heartbeat thread(s) running: stop them "
                     "(integration_events.nodes.stop_heartbeat)")

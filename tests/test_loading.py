@@ -13,7 +13,7 @@ from integration_events.models import MessageStatus, ReceivedMessage
 from integration_events.worker import Worker
 from tests.eventapp.events import ProbeHappened
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 PENDING = MessageStatus.PENDING
 
@@ -61,6 +61,7 @@ def test_an_empty_queryset_finds_nothing(pending_rows) -> None:
 
 @pytest.mark.skipif(not connection.features.has_select_for_update,
                     reason="no locking reads on this database")
+@pytest.mark.django_db(transaction=True)  # autocommit outside the atomic blocks
 def test_a_locking_lookup_outside_a_transaction_is_refused_every_time(pending_rows) -> None:
     for _ in range(2):  # compiled the first time, cached the second
         with pytest.raises(TransactionManagementError):

@@ -299,8 +299,6 @@ def test_a_spawned_worker_process_and_each_finished_task_reach_the_hooks(monkeyp
     from django_q.signals import post_spawn
 
     from integration_events import tasks
-    from integration_events.nodes import start_heartbeat
-    from integration_events.tasks import HEARTBEAT_UID
 
     process_recorder.calls.clear()
     with override_settings(INTEGRATION_EVENTS={
@@ -308,11 +306,11 @@ def test_a_spawned_worker_process_and_each_finished_task_reach_the_hooks(monkeyp
             "IDLE_LINGER": 0}):
         # Without the heartbeat thread post_spawn also starts: in this process it would beat
         # into the test database for the rest of the session.
-        post_spawn.disconnect(dispatch_uid=HEARTBEAT_UID)
+        post_spawn.disconnect(dispatch_uid=tasks.HEARTBEAT_UID)
         try:
             post_spawn.send(sender="django_q", proc_name="Process-1")
         finally:
-            post_spawn.connect(start_heartbeat, dispatch_uid=HEARTBEAT_UID)
+            post_spawn.connect(tasks.start_heartbeat, dispatch_uid=tasks.HEARTBEAT_UID)
         tasks.process_messages("default")
         tasks.sweep()
         monkeypatch.setattr(Worker, "run", lambda self: 1 / 0)
