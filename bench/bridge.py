@@ -5,6 +5,7 @@ against a plain pika baseline in the same run (the machine is shared and noisy).
     .venv/bin/python bench/bridge.py --db sqlite      # SQLite (file database)
     .venv/bin/python bench/bridge.py --smoke          # CI: tiny sizes, asserts no times
     .venv/bin/python bench/bridge.py --send-only      # sending only: prints, writes nothing
+    .venv/bin/python bench/bridge.py --cluster-only   # sending through a qcluster only
     .venv/bin/python bench/bridge.py --latency-ab     # latency, locked vs leased claims, twice
 
 1. sending: N events through the group bridge:<name>, run by an in-process Worker (claim,
@@ -12,7 +13,10 @@ against a plain pika baseline in the same run (the machine is shared and noisy).
    last row succeeded, with the default settings (a claim and a publish of BATCH_SIZE = 500
    rows), with BATCH_SIZE 100 and with LOCKED_CLAIMS off; against a plain pika loop that
    publishes the same N messages (same bodies and headers) in batches of 100, and of 500,
-   awaiting each batch's confirms.
+   awaiting each batch's confirms. Every run starts on an empty peer queue.
+   As deployed: a real `manage.py qcluster` with the project's default worker count on the
+   database (2 on PostgreSQL, 1 on SQLite) drains 2N waiting rows of bridge:<name>; rate
+   from the rows' finished_at; against the pika loop in batches of 500 on the same messages.
 2. receiving: N CAP-format messages waiting in the queue, stored and acknowledged by the
    consume loop (BridgeConsumer: decode, de-duplicate, one INSERT per batch, ack with
    multiple=True); against a plain pika consumer that inserts the same rows with the same
@@ -71,6 +75,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--send-only", action="store_true",
                    help="run the sending phase only and print its figures (implies --no-write)")
+    p.add_argument("--cluster-only", action="store_true",
+                   help="run the sending phase through a real qcluster only (implies "
+                        "--no-write)")
     p.add_argument("--latency-ab", action="store_true",
                    help="run the latency phase four times, LOCKED_CLAIMS on, off, on, off, "
                         "and print p50/p99 of each (writes nothing)")
@@ -243,6 +250,12 @@ def phase_send(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
     bridges = {"out": {"TRANSPORT": "amqp", "URL": url, "EXCHANGE": exchange,
                        "SEND": [LonelyHappened.topic]}}
     batch_size = parse_bridge("out", bridges["out"]).batch_size  # the default
+    def purge() -> None:
+        """Every run starts on an empty peer queue: a backlog there slows the broker's
+        confirms (here: stalls of 0.3-0.5 s with 20,000 messages waiting)."""
+        with blocking(url) as connection:
+            connection.channel().queue_purge(queue)
+
     ours: list[float] = []
     leased: list[float] = []
     small: list[float] = []
@@ -252,6 +265,7 @@ def phase_send(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
     def engine(locked_claims: bool = True, batch: int | None = None, **keys: Any) -> float:
         """Seconds for a Worker to send the n rows of bridge:out (dispatch not counted)."""
         reset()
+        purge()
         configured = {"out": {**bridges["out"], "LOCKED_CLAIMS": locked_claims,
                               **({"BATCH_SIZE": batch} if batch else {})}}
         with override_settings(INTEGRATION_EVENTS={**settings.INTEGRATION_EVENTS,
@@ -291,13 +305,11 @@ def phase_send(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
                                    headers=row.message.message_headers,
                                    naming=Naming.PASCAL, type_name="LonelyHappened")
                 messages.append((m.routing_key, m.headers, m.body))
+            purge()
             plain.append(pika_publish_batches(url, exchange, messages, batch=SMALL))
-            with blocking(url) as connection:
-                connection.channel().queue_purge(queue)
+            purge()
             # And in batches as big as the bridge's default BATCH_SIZE: the same batching.
             plain_same.append(pika_publish_batches(url, exchange, messages, batch=batch_size))
-            with blocking(url) as connection:
-                connection.channel().queue_purge(queue)
     out["send"] = {"n": n, "ours_per_s": n / statistics.median(ours),
                    "leased_per_s": n / statistics.median(leased),
                    "small_per_s": n / statistics.median(small),
@@ -433,11 +445,88 @@ def phase_latency(cfg: dict[str, Any], url: str, out: dict[str, Any],
     log(f"latency: p50 {out['latency']['p50']:.0f} ms, p99 {out['latency']['p99']:.0f} ms")
 
 
+def phase_cluster(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
+    """Sending as deployed: a real qcluster with the project's default worker count on this
+    database (2 on PostgreSQL) drains a backlog of n rows of bridge:out, against the pika
+    loop in batches of BATCH_SIZE on the same messages, alternating, a round each. The group
+    is paused while the backlog is written and dispatched (the cluster is already running),
+    then resumed; the rate is (n - first batch) over the span of the rows' finished_at (the
+    database's clock), so neither the cluster's start nor its wake-up is counted."""
+    from django.conf import settings
+    from django.db.models import Max, Min
+
+    from integration_events import publish_many
+    from integration_events.bridges import parse_bridge
+    from integration_events.bridges.codec import encode_message
+    from integration_events.bridges.naming import Naming
+    from integration_events.models import MessageStatus, ReceivedMessage
+    from integration_events.operations import pause_group, resume_group
+    from tests.conftest import Cluster
+    from tests.eventapp.events import LonelyHappened
+
+    n = cfg["send"] * 2
+    workers = settings.Q_CLUSTER["workers"]
+    exchange, queue = f"bench-cluster-{uuid.uuid4().hex[:6]}", "bench-cluster-peer"
+    with blocking(url) as connection:
+        channel = connection.channel()
+        channel.exchange_declare(exchange, "topic", durable=True)
+        channel.queue_declare(queue, durable=True)
+        channel.queue_bind(queue, exchange, "#")
+    bridges = {"out": {"TRANSPORT": "amqp", "URL": url, "EXCHANGE": exchange,
+                       "SEND": [LonelyHappened.topic]}}
+    batch_size = parse_bridge("out", bridges["out"]).batch_size
+    rows = ReceivedMessage.objects.filter(group="bridge:out")
+    ours: list[float] = []
+    plain: list[float] = []
+    walls: list[float] = []
+    for _ in range(cfg["rounds"]):
+        reset()
+        pause_group("bridge:out")
+        cluster = Cluster({"IE_BRIDGES": json.dumps(bridges), "IE_LOG_LEVEL": "WARNING"},
+                          log_name="bench-bridge-cluster").start()
+        try:
+            publish_many([LonelyHappened(n=i) for i in range(n)])
+            deadline = time.monotonic() + 120
+            while rows.count() < n:  # the cluster dispatches
+                assert time.monotonic() < deadline, f"not dispatched:\n{cluster.log()}"
+                time.sleep(0.1)
+            resumed = time.perf_counter()
+            resume_group("bridge:out")
+            while rows.filter(status=MessageStatus.SUCCEEDED).count() < n:
+                assert time.monotonic() < deadline, f"not sent:\n{cluster.log()}"
+                time.sleep(0.05)
+            walls.append(time.perf_counter() - resumed)
+        finally:
+            cluster.stop(timeout=20)
+        span = rows.aggregate(first=Min("finished_at"), last=Max("finished_at"))
+        first = rows.filter(finished_at=span["first"]).count()
+        ours.append((span["last"] - span["first"]).total_seconds() / (n - first))
+        messages = [
+            (m.routing_key, m.headers, m.body) for m in (
+                encode_message(topic=row.topic, message_id=row.message.pk,
+                               content=row.message.content, headers=row.message.message_headers,
+                               naming=Naming.PASCAL, type_name="LonelyHappened")
+                for row in rows.select_related("message"))]
+        with blocking(url) as connection:
+            connection.channel().queue_purge(queue)
+        plain.append(pika_publish_batches(url, exchange, messages, batch=batch_size) / n)
+        with blocking(url) as connection:
+            connection.channel().queue_purge(queue)
+    out["cluster"] = {"n": n, "workers": workers, "batch": batch_size,
+                      "ours_per_s": 1 / statistics.median(ours),
+                      "pika_per_s": 1 / statistics.median(plain),
+                      "wall_per_s": n / statistics.median(walls)}
+    out["cluster"]["ratio"] = out["cluster"]["ours_per_s"] / out["cluster"]["pika_per_s"]
+    log(f"cluster send ({workers} workers): ours {out['cluster']['ours_per_s']:.0f}/s, pika "
+        f"{out['cluster']['pika_per_s']:.0f}/s in batches of {batch_size}, ratio "
+        f"{out['cluster']['ratio']:.2f}")
+
+
 # --- the report ------------------------------------------------------------------------------
 
 
 def report(out: dict[str, Any], command: str) -> str:
-    s, r, lat = out["send"], out["receive"], out["latency"]
+    s, r, lat, c = out["send"], out["receive"], out["latency"], out["cluster"]
     return "\n".join([
         BEGIN,
         f"Measured with `{command}` on {out['machine']} ({out['db']}, RabbitMQ "
@@ -456,6 +545,10 @@ def report(out: dict[str, Any], command: str) -> str:
         f"| the bridge's `BATCH_SIZE` at {s['small']}, against pika in batches of "
         f"{s['small']} | {s['small_per_s']:.0f}/s | {s['pika_per_s']:.0f}/s | "
         f"{s['small_ratio']:.2f} |",
+        f"| sending as deployed: a real `qcluster` with this database's default "
+        f"{c['workers']} worker{'s' if c['workers'] != 1 else ''} drains {c['n']} waiting "
+        f"rows of `bridge:<name>`, against pika in batches of {c['batch']} (one connection)"
+        f" | {c['ours_per_s']:.0f}/s | {c['pika_per_s']:.0f}/s | {c['ratio']:.2f} |",
         f"| default, with the bridge's `LOCKED_CLAIMS` off (rows leased, then completed) | "
         f"{s['leased_per_s']:.0f}/s | {s['pika_per_s']:.0f}/s | {s['leased_ratio']:.2f} |",
         f"| receiving: messages/s stored and acknowledged ({r['n']} waiting) | "
@@ -508,10 +601,15 @@ def main() -> int:
                 log(f"LOCKED_CLAIMS={locked}: p50 {out['latency']['p50']:.0f} ms, "
                     f"p99 {out['latency']['p99']:.0f} ms")
             return 0
+        if args.cluster_only:
+            phase_cluster(cfg, url, out)
+            print(json.dumps(out["cluster"], indent=1))
+            return 0
         phase_send(cfg, url, out)
         if args.send_only:
             print(json.dumps(out["send"], indent=1))
             return 0
+        phase_cluster(cfg, url, out)
         phase_receive(cfg, url, out)
         phase_latency(cfg, url, out)
     finally:
