@@ -100,7 +100,11 @@ def test_several_clusters_at_once(clusters, n_clusters: int) -> None:
     assert not overlaps, overlaps[:5]
     assert runs >= a.expected
     assert_clean(a)
-    assert all(share), f"a cluster did no work: {share}"
+    # The clusters raced: at least two of them ran handlers. Not necessarily all three: each
+    # cluster's pusher takes up to queue_limit waiting tasks and a task runs until the backlog
+    # is gone, so in a 5-second run one of three clusters can find none left (seen once in a
+    # full PostgreSQL run: [360, 0, 840]).
+    assert sum(1 for s in share if s) >= 2, f"fewer than two clusters did any work: {share}"
 
 
 def test_long_handler_is_not_started_again_while_it_runs(clusters) -> None:
