@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,42 @@ def reset() -> None:
     empty(ReceivedMessage, PublishedMessage, GroupState, ClaimJournal)
 
 
+def sending_peer(url: str, name: str) -> tuple[str, Callable[[], None], dict[str, Any]]:
+    """A durable topic exchange with a queue bound to every key (the peer), a function that
+    empties that queue, and BRIDGES sending LonelyHappened to it."""
+    from tests.eventapp.events import LonelyHappened
+
+    exchange, queue = f"bench-{name}-{uuid.uuid4().hex[:6]}", f"bench-{name}-peer"
+    with blocking(url) as connection:
+        channel = connection.channel()
+        channel.exchange_declare(exchange, "topic", durable=True)
+        channel.queue_declare(queue, durable=True)
+        channel.queue_bind(queue, exchange, "#")
+
+    def purge() -> None:
+        """Every run starts on an empty peer queue: a backlog there slows the broker's
+        confirms (here: stalls of 0.3-0.5 s with 20,000 messages waiting)."""
+        with blocking(url) as connection:
+            connection.channel().queue_purge(queue)
+
+    bridges = {"out": {"TRANSPORT": "amqp", "URL": url, "EXCHANGE": exchange,
+                       "SEND": [LonelyHappened.topic]}}
+    return exchange, purge, bridges
+
+
+def wire_messages(rows: Any) -> list[tuple[str, dict[str, str], bytes]]:
+    """The inbox rows' messages as the bridge encodes them (routing key, headers, body), for
+    the pika baseline."""
+    from integration_events.bridges.codec import encode_message
+    from integration_events.bridges.naming import Naming
+
+    encoded = (encode_message(topic=row.topic, message_id=row.message.pk,
+                              content=row.message.content, headers=row.message.message_headers,
+                              naming=Naming.PASCAL, type_name="LonelyHappened")
+               for row in rows.select_related("message"))
+    return [(m.routing_key, m.headers, m.body) for m in encoded]
+
+
 def phase_send(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
     from django.conf import settings
     from django.test import override_settings
@@ -241,21 +278,8 @@ def phase_send(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
     from tests.eventapp.events import LonelyHappened
 
     n = cfg["send"]
-    exchange, queue = f"bench-send-{uuid.uuid4().hex[:6]}", "bench-peer"
-    with blocking(url) as connection:
-        channel = connection.channel()
-        channel.exchange_declare(exchange, "topic", durable=True)
-        channel.queue_declare(queue, durable=True)
-        channel.queue_bind(queue, exchange, "#")
-    bridges = {"out": {"TRANSPORT": "amqp", "URL": url, "EXCHANGE": exchange,
-                       "SEND": [LonelyHappened.topic]}}
+    exchange, purge, bridges = sending_peer(url, "send")
     batch_size = parse_bridge("out", bridges["out"]).batch_size  # the default
-    def purge() -> None:
-        """Every run starts on an empty peer queue: a backlog there slows the broker's
-        confirms (here: stalls of 0.3-0.5 s with 20,000 messages waiting)."""
-        with blocking(url) as connection:
-            connection.channel().queue_purge(queue)
-
     ours: list[float] = []
     leased: list[float] = []
     small: list[float] = []
@@ -295,16 +319,7 @@ def phase_send(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
             # The bridge's BATCH_SIZE at 100: a claim, a confirm and a write per 100 rows.
             small.append(engine(batch=SMALL))
             # The same messages, encoded the same way, sent by plain pika.
-            from integration_events.bridges.codec import encode_message
-            from integration_events.bridges.naming import Naming
-
-            messages = []
-            for row in ReceivedMessage.objects.select_related("message")[:n]:
-                m = encode_message(topic=row.topic, message_id=row.message.pk,
-                                   content=row.message.content,
-                                   headers=row.message.message_headers,
-                                   naming=Naming.PASCAL, type_name="LonelyHappened")
-                messages.append((m.routing_key, m.headers, m.body))
+            messages = wire_messages(ReceivedMessage.objects.all())
             purge()
             plain.append(pika_publish_batches(url, exchange, messages, batch=SMALL))
             purge()
@@ -457,22 +472,13 @@ def phase_cluster(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
 
     from integration_events import publish_many
     from integration_events.bridges import parse_bridge
-    from integration_events.bridges.codec import encode_message
-    from integration_events.bridges.naming import Naming
     from integration_events.models import MessageStatus, ReceivedMessage
     from integration_events.operations import pause_group, resume_group
     from tests.conftest import Cluster
     from tests.eventapp.events import LonelyHappened
 
     workers = settings.Q_CLUSTER["workers"]
-    exchange, queue = f"bench-cluster-{uuid.uuid4().hex[:6]}", "bench-cluster-peer"
-    with blocking(url) as connection:
-        channel = connection.channel()
-        channel.exchange_declare(exchange, "topic", durable=True)
-        channel.queue_declare(queue, durable=True)
-        channel.queue_bind(queue, exchange, "#")
-    bridges = {"out": {"TRANSPORT": "amqp", "URL": url, "EXCHANGE": exchange,
-                       "SEND": [LonelyHappened.topic]}}
+    exchange, purge, bridges = sending_peer(url, "cluster")
     batch_size = parse_bridge("out", bridges["out"]).batch_size
     # The rate leaves the first batch out: a few batches at least, or it says nothing.
     n = max(cfg["send"] * 2, batch_size * 4)
@@ -482,6 +488,7 @@ def phase_cluster(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
     walls: list[float] = []
     for _ in range(cfg["rounds"]):
         reset()
+        purge()
         pause_group("bridge:out")
         cluster = Cluster({"IE_BRIDGES": json.dumps(bridges), "IE_LOG_LEVEL": "WARNING"},
                           log_name="bench-bridge-cluster").start()
@@ -502,17 +509,9 @@ def phase_cluster(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
         span = rows.aggregate(first=Min("finished_at"), last=Max("finished_at"))
         first = rows.filter(finished_at=span["first"]).count()
         ours.append((span["last"] - span["first"]).total_seconds() / (n - first))
-        messages = [
-            (m.routing_key, m.headers, m.body) for m in (
-                encode_message(topic=row.topic, message_id=row.message.pk,
-                               content=row.message.content, headers=row.message.message_headers,
-                               naming=Naming.PASCAL, type_name="LonelyHappened")
-                for row in rows.select_related("message"))]
-        with blocking(url) as connection:
-            connection.channel().queue_purge(queue)
-        plain.append(pika_publish_batches(url, exchange, messages, batch=batch_size) / n)
-        with blocking(url) as connection:
-            connection.channel().queue_purge(queue)
+        purge()
+        plain.append(pika_publish_batches(url, exchange, wire_messages(rows), batch=batch_size)
+                     / n)
     out["cluster"] = {"n": n, "workers": workers, "batch": batch_size,
                       "ours_per_s": 1 / statistics.median(ours),
                       "pika_per_s": 1 / statistics.median(plain),
