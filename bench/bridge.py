@@ -15,8 +15,9 @@ against a plain pika baseline in the same run (the machine is shared and noisy).
    publishes the same N messages (same bodies and headers) in batches of 100, and of 500,
    awaiting each batch's confirms. Every run starts on an empty peer queue.
    As deployed: a real `manage.py qcluster` with the project's default worker count on the
-   database (2 on PostgreSQL, 1 on SQLite) drains 2N waiting rows of bridge:<name>; rate
-   from the rows' finished_at; against the pika loop in batches of 500 on the same messages.
+   database (2 on PostgreSQL, 1 on SQLite) drains 2N (at least 4 batches) waiting rows of
+   bridge:<name>; rate from the rows' finished_at; against the pika loop in batches of 500
+   on the same messages.
 2. receiving: N CAP-format messages waiting in the queue, stored and acknowledged by the
    consume loop (BridgeConsumer: decode, de-duplicate, one INSERT per batch, ack with
    multiple=True); against a plain pika consumer that inserts the same rows with the same
