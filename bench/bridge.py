@@ -475,6 +475,7 @@ def phase_cluster(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
 
     from integration_events import publish_many
     from integration_events.bridges import parse_bridge
+    from integration_events.bridging.sending import group_name
     from integration_events.models import MessageStatus, ReceivedMessage
     from integration_events.operations import pause_group, resume_group
     from tests.conftest import Cluster
@@ -485,14 +486,15 @@ def phase_cluster(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
     batch_size = parse_bridge("out", bridges["out"]).batch_size
     # The rate leaves the first batch out: a few batches at least, or it says nothing.
     n = max(cfg["send"] * 2, batch_size * 4)
-    rows = ReceivedMessage.objects.filter(group="bridge:out")
+    group = group_name("out")
+    rows = ReceivedMessage.objects.filter(group=group)
     ours: list[float] = []
     plain: list[float] = []
     walls: list[float] = []
     for _ in range(cfg["rounds"]):
         reset()
         purge()
-        pause_group("bridge:out")
+        pause_group(group)
         cluster = Cluster({"IE_BRIDGES": json.dumps(bridges), "IE_LOG_LEVEL": "WARNING"},
                           log_name="bench-bridge-cluster").start()
         try:
@@ -502,7 +504,7 @@ def phase_cluster(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
                 assert time.monotonic() < deadline, f"not dispatched:\n{cluster.log()}"
                 time.sleep(0.1)
             resumed = time.perf_counter()
-            resume_group("bridge:out")
+            resume_group(group)
             while rows.filter(status=MessageStatus.SUCCEEDED).count() < n:
                 assert time.monotonic() < deadline, f"not sent:\n{cluster.log()}"
                 time.sleep(0.05)
@@ -511,8 +513,9 @@ def phase_cluster(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
             cluster.stop(timeout=20)
         # Each worker's first batch is left out (the workers start together; a batch's rows
         # share one finished_at, its UPDATE's): the rate of the rows finished after them.
-        ends = sorted(set(rows.values_list("finished_at", flat=True)))
-        start = ends[min(workers, len(ends) - 1) - 1]
+        ends = list(rows.order_by("finished_at").values_list("finished_at", flat=True)
+                    .distinct())
+        start = ends[min(workers, len(ends)) - 1]
         after = rows.filter(finished_at__gt=start).count()
         assert after, f"every row finished in the workers' first batches: {ends}"
         ours.append((ends[-1] - start).total_seconds() / after)
