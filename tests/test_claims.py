@@ -143,7 +143,6 @@ class _SettingsSeen(OldestFirst):
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's JIT compiler")
-@pytest.mark.xfail(strict=True, reason="claims run with the session's jit setting")
 def test_claims_run_without_postgresql_jit_and_leave_the_session_as_it_was() -> None:
     """A claim's select is estimated at the cost of the whole due index (the LIMIT does not
     lower it), so with a backlog of about 8,000 due rows it passes jit_above_cost and

@@ -520,14 +520,14 @@ def test_a_pass_over_keyed_rows_costs_the_queries_of_unkeyed_ones(
     from django.test import override_settings
 
     from integration_events.worker import Worker
-    from tests.test_query_counts import EXECUTE_100, STEADY, dispatch_100
+    from tests.test_query_counts import STEADY, dispatch_100, execute_100
 
     with override_settings(INTEGRATION_EVENTS=STEADY):
         publish_many([Stepped(key=f"k{n}", step=1) for n in range(50)])
         worker = Worker(keep_leases=False)
         with django_assert_num_queries(dispatch_100()):
             assert worker.dispatch_batch().dispatched == 50
-        with django_assert_num_queries(EXECUTE_100):
+        with django_assert_num_queries(execute_100()):
             assert worker.execute_batch().succeeded == 100
 
 
