@@ -231,6 +231,15 @@ def reset() -> None:
     empty(ReceivedMessage, PublishedMessage, GroupState, ClaimJournal)
 
 
+def analyze() -> None:
+    """Statistics of the filled tables, as a deployed database has them (bench/tables.py)."""
+    from tables import analyze as analyze_tables
+
+    from integration_events.models import PublishedMessage, ReceivedMessage
+
+    analyze_tables(ReceivedMessage, PublishedMessage)
+
+
 def sending_peer(url: str, name: str) -> tuple[str, Callable[[], None], dict[str, Any]]:
     """A durable topic exchange with a queue bound to every key (the peer), a function that
     empties that queue, and BRIDGES sending LonelyHappened to it."""
@@ -300,6 +309,7 @@ def phase_send(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
             worker = Worker(keep_leases=False)
             while worker.dispatch_batch().total:
                 pass
+            analyze()
             started = time.perf_counter()
             while worker.execute_batch().total:
                 pass
@@ -503,6 +513,7 @@ def phase_cluster(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
             while rows.count() < n:  # the cluster dispatches
                 assert time.monotonic() < deadline, f"not dispatched:\n{cluster.log()}"
                 time.sleep(0.1)
+            analyze()
             resumed = time.perf_counter()
             resume_group(group)
             while rows.filter(status=MessageStatus.SUCCEEDED).count() < n:

@@ -22,3 +22,15 @@ def empty(*models: Any) -> None:
         return
     for model in models:
         model.objects.all().delete()
+
+
+def analyze(*models: Any) -> None:
+    """Bring PostgreSQL's statistics of ``models`` up to date, as autovacuum does within a
+    minute of a burst on a deployed database (it is off on this project's CI machines). A
+    table just emptied and filled has none: the planner then takes it for a few pages and
+    filters a seq scan through a 500-key ``id = ANY(...)`` per row (30 ms per batch query at
+    10,000 rows here, where the primary key's index takes 1 ms). Elsewhere: nothing."""
+    if connection.vendor == "postgresql":
+        names = ", ".join(connection.ops.quote_name(m._meta.db_table) for m in models)
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {names}")
