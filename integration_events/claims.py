@@ -82,16 +82,20 @@ class ClaimStrategy(Protocol):
 
 
 class OldestFirst:
-    """Due rows oldest first across all groups: overdue retries, then new rows."""
+    """Due rows oldest first across all groups: overdue retries, then new rows; of one
+    ``group`` only, if given (an extra claimer's, integration_events.extra_claimers)."""
+
+    group: str | None = None
 
     def select(self, qs: MessageQuerySet[Any], limit: int, *, skip_locked: bool) -> list[Any]:
         pks: list[Any] = []
+        one = {"group": self.group} if self.group is not None else {}
         # One query per status, each an ordered range of the (status, next_attempt_at) index:
         # with "status IN (...)" InnoDB sorts, and a locking read that sorts locks every due
         # row, which would leave nothing for the other claimers to skip to.
         for status in (MessageStatus.RETRYING, MessageStatus.PENDING):
             rows = qs.due_rows(status, limit - len(pks), ("pk", "error_type"),
-                               skip_locked=skip_locked)
+                               skip_locked=skip_locked, **one)
             for pk, kind in rows:
                 if kind == LEASE_EXPIRED:
                     return pks or [pk]

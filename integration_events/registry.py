@@ -129,6 +129,10 @@ class Subscription:
     # CLAIM_BATCH_SIZE (FairShare; a broker bridge's BATCH_SIZE: one publish, one wait for
     # the confirms and one write per claim, however small CLAIM_BATCH_SIZE is).
     claim_size: int | None = None
+    # A locked-claim batch group may have this many claims of its rows in flight in each
+    # worker task while it has a backlog: the task's own, plus claimers - 1 threads of the
+    # group's own (integration_events.extra_claimers; a broker bridge's SENDERS).
+    claimers: int = 1
     # Flow control for the whole group (docs/flow-control.md): at most this many handlers of
     # the group running at once across every cluster; at most this many starts per window.
     max_concurrency: int | None = None
@@ -360,6 +364,18 @@ def locked_claim_groups() -> frozenset[str]:
         return frozenset()
     return frozenset(s.group for s in all_subscriptions()
                      if s.mode is ExecutionMode.BATCH and s.locked_claim)
+
+
+def group_claimers() -> dict[str, int]:
+    """The locked-claim batch groups that ask for more than one claim in flight per worker
+    task (``Subscription.claimers``; the largest where a group's subscriptions disagree)."""
+    if not _resolvers:
+        return {}
+    wanted: dict[str, int] = {}
+    for sub in all_subscriptions():
+        if sub.mode is ExecutionMode.BATCH and sub.locked_claim and sub.claimers > 1:
+            wanted[sub.group] = max(wanted.get(sub.group, 0), sub.claimers)
+    return wanted
 
 
 def group_claim_sizes() -> dict[str, int]:

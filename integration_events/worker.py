@@ -3,8 +3,10 @@
 A task runs passes (dispatch, then execute; :mod:`dispatch`, :mod:`execute`) until its time
 budget is spent or it has had nothing to do for IDLE_LINGER seconds with nothing falling due
 before the budget ends. A claim that comes back full means a backlog: the task recruits one
-more (through the pump). When it ends with work due soon, it hands on a nudge. Plain Python
-and the Django ORM: the task queue reaches it only through ``tasks.py``.
+more (through the pump). A locked-claim batch group with a backlog (a broker bridge's) may
+get threads of its own beside the task's for the task's time (:mod:`extra_claimers`). When
+it ends with work due soon, it hands on a nudge. Plain Python and the Django ORM: the task
+queue reaches it only through ``tasks.py``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from django.db import connections
+
 from . import journal
 from .claims import ClaimStrategy, get_strategy
 from .conf import get_settings
 from .dispatch import Dispatcher
 from .execute import Executor
+from .extra_claimers import ExtraClaimers
 from .failures import Failures
 from .flow import delete_old_grants
 from .handoff import nudge
@@ -31,6 +36,7 @@ from .models import PublishedMessage, ReceivedMessage
 from .nodes import heartbeat, node_name
 from .outcomes import PassStats, SweepStats
 from .pump import Pump
+from .registry import group_claimers
 from .rules import STOP_EXCEPTIONS
 from .sweep import Sweeper
 from .waiting import IdleWaiter, get_waiter
@@ -66,6 +72,7 @@ class Worker:
     clock: Callable[[], float] = time.monotonic
     rng: random.Random | None = None
     _last_recruit: float = field(default=float("-inf"), init=False, repr=False)
+    _extra: ExtraClaimers | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.strategy = self.strategy or get_strategy()
@@ -91,6 +98,10 @@ class Worker:
         """Run the handlers of up to ``limit`` due inbox rows; none starts after ``until``
         (this worker's clock)."""
         stats, full = self.executor.run(limit or get_settings().CLAIM_BATCH_SIZE, until)
+        if self.executor.backlogged:
+            if self._extra is not None:
+                self._extra.offer(self.executor.backlogged, group_claimers())
+            self.executor.backlogged.clear()
         self._maybe_recruit(full)
         return stats
 
@@ -102,11 +113,12 @@ class Worker:
         """Pass after pass until a pass finds nothing due (tests, management commands)."""
         total = PassStats()
         try:
-            for _ in range(max_passes):
-                stats = self.run_once()
-                total.add(stats)
-                if not stats.total:
-                    break
+            with self._extra_claimers(total):
+                for _ in range(max_passes):
+                    stats = self.run_once()
+                    total.add(stats)
+                    if not stats.total:
+                        break
         finally:
             journal.close_connections()
         return total
@@ -153,20 +165,10 @@ class Worker:
         settings = get_settings()
         deadline = self.clock() + (settings.task_time_budget() if budget is None else budget)
         total = PassStats()
-        idle_since: float | None = None
         with self._keeping_leases():
             try:
-                while self.clock() < deadline:
-                    stats = self.run_once(until=deadline)
-                    total.add(stats)
-                    if stats.total:
-                        idle_since = None
-                        continue
-                    idle_since = self.clock() if idle_since is None else idle_since
-                    if not self._wait_for_work(idle_since, deadline):
-                        break
-                else:
-                    self._hand_on_if_due()
+                with self._extra_claimers(total, deadline):
+                    self._loop(total, deadline)
             finally:
                 self._heartbeat(total.total)
                 journal.close_connections()
@@ -175,6 +177,41 @@ class Worker:
                          " ".join(f"{k}={v}" for k, v in total.as_dict().items()),
                          extra={"alias": self.using, **total.as_dict()})
         return total
+
+    def _loop(self, total: PassStats, deadline: float) -> None:
+        idle_since: float | None = None
+        while self.clock() < deadline:
+            stats = self.run_once(until=deadline)
+            total.add(stats)
+            if stats.total:
+                idle_since = None
+                continue
+            idle_since = self.clock() if idle_since is None else idle_since
+            if not self._wait_for_work(idle_since, deadline):
+                break
+        else:
+            self._hand_on_if_due()
+
+    @contextmanager
+    def _extra_claimers(self, total: PassStats, deadline: float = float("inf")
+                        ) -> Iterator[None]:
+        """Extra claimers for backlogged groups that ask for them (integration_events.
+        extra_claimers) while the block runs; their figures are added to ``total`` once each
+        has ended (after its current batch, if the block raised)."""
+        if not group_claimers() or connections[self.using].in_atomic_block \
+                or not self.executor.locked_groups():
+            yield
+            return
+        assert self.hooks is not None
+        extra = ExtraClaimers(self.using, self.name, self.hooks, deadline=deadline,
+                              clock=self.clock, stop_exceptions=self.stop_exceptions)
+        self._extra, stop = extra, True
+        try:
+            yield
+            stop = False
+        finally:
+            self._extra = None
+            total.add(extra.close(stop=stop))
 
     def _wait_for_work(self, idle_since: float, deadline: float) -> bool:
         """Nothing was done: wait and return True to look again, or return False to end the

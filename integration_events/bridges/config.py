@@ -83,6 +83,11 @@ class BridgeConfig(BaseModel):
     # Send under the claim's row locks (PostgreSQL, MariaDB): each row written once,
     # plus a claim journal row per batch (docs/bridges.md, "Locked claims"); False: leased.
     locked_claims: bool = Field(default=True, alias="LOCKED_CLAIMS")
+    # Claims of the bridge's group in flight in each worker task while a backlog lasts
+    # (locked claims only): the next batch is claimed, loaded and encoded while the broker
+    # confirms the one before. Each one past the first is a thread with its own database
+    # connections (docs/bridges.md, "Senders").
+    senders: int = Field(default=2, alias="SENDERS", ge=1, le=8)
     connect_timeout: float = Field(default=10.0, alias="CONNECT_TIMEOUT", gt=0)
     confirm_timeout: float = Field(default=30.0, alias="CONFIRM_TIMEOUT", gt=0)
 

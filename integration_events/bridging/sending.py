@@ -218,7 +218,7 @@ class _Bridge:
                 event_type=None, wants_context=False, atomic=False, topic_was_constant=True,
                 retry_overrides=self.overrides, batch_handler=self.sender.send_batch,
                 raw=True, batch_sent=True, locked_claim=self.config.locked_claims,
-                claim_size=self.config.batch_size,
+                claim_size=self.config.batch_size, claimers=self.config.senders,
             )
         return sub
 

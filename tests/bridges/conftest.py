@@ -23,7 +23,7 @@ import pytest
 # The tests that talk to the broker need the [amqp] extra (pika); the codec, settings and
 # storing tests do not.
 NEEDS_PIKA = ["test_amqp*.py", "test_frames.py", "test_sending.py", "test_locked_sending.py",
-              "test_consuming.py", "test_consume_command.py", "test_cluster.py",
+              "test_senders.py", "test_consuming.py", "test_consume_command.py", "test_cluster.py",
               "test_two_services.py"]
 collect_ignore_glob = [] if importlib.util.find_spec("pika") else NEEDS_PIKA
 

@@ -1,0 +1,122 @@
+"""Extra claimers: more than one claim of a batch group's rows in flight per worker task.
+
+A broker bridge's batch spends most of its time waiting: for the database (the claim's
+select, loading the rows, the UPDATE of their outcomes, the commit) and for the broker's
+confirms. A worker that claims one batch at a time waits through all of it, and the next
+batch's claim, load and encoding wait behind the confirms of the one before. A locked-claim
+batch group that asks for more (``Subscription.claimers``; a bridge's SENDERS, 2 by default)
+gets, while a worker task runs and the group has a backlog (a pass ran as many of its rows
+as its claim size), up to ``claimers - 1`` threads beside the task's own. Each claims only
+that group's rows (``OldestFirst`` of one group) through an Executor, a database connection
+and a claim journal connection of its own, pass after pass while its claims come back full;
+it ends when one does not, when the task's time is up, or when the task stops. Each claim's
+transaction locks its rows (SKIP LOCKED), so no two claimers take the same row, and the rest
+of a claim (the journal, the attempts, the outcomes) is what it is in the task's thread.
+The task's thread goes on claiming every group; before it ends it waits for its extra
+claimers, and their figures count in its own.
+
+Only where locked claims run (PostgreSQL, MariaDB; groups without a rate or concurrency
+limit), and never inside a caller's transaction (a test's: other connections would not see
+its rows). A claimer that fails logs why and ends; its claim's transaction was rolled back,
+so its rows are due again, their attempt counted by the claim journal as for a worker that
+died.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+
+from django.db import connections
+
+from . import journal
+from .claims import OldestFirst
+from .conf import get_settings
+from .execute import Executor
+from .failures import Failures
+from .instrumentation import Hooks
+from .outcomes import PassStats
+from .registry import group_claim_sizes
+from .rules import STOP_EXCEPTIONS
+
+logger = logging.getLogger("integration_events")
+
+# How long the task waits for an extra claimer to end its batch before it goes on without it
+# (a claim that hangs loses its locks after LEASE_SECONDS anyway; see claims._idle_timeout).
+JOIN_GRACE = 5.0
+
+
+class ExtraClaimers:
+    """The extra claimer threads of one worker task (see the module docstring)."""
+
+    def __init__(self, using: str, claimer: str, hooks: Hooks, *,
+                 deadline: float = float("inf"),
+                 clock: Callable[[], float],
+                 stop_exceptions: tuple[type[BaseException], ...] = STOP_EXCEPTIONS) -> None:
+        self.using, self.claimer, self.hooks = using, claimer, hooks
+        self.deadline, self.clock = deadline, clock
+        self.stop_exceptions = stop_exceptions
+        self.stats = PassStats()
+        self.started = 0
+        self._lock = threading.Lock()
+        self._running: dict[str, int] = {}
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+
+    def offer(self, backlogged: Iterable[str], wanted: Mapping[str, int]) -> None:
+        """Groups that had a backlog in the task's last pass: start the claimers they lack
+        (``wanted[group] - 1`` beside the task's thread)."""
+        if self._stop.is_set():
+            return
+        for group in backlogged:
+            with self._lock:
+                lacking = wanted.get(group, 1) - 1 - self._running.get(group, 0)
+                for _ in range(max(0, lacking)):
+                    self._running[group] = self._running.get(group, 0) + 1
+                    thread = threading.Thread(target=self._run, args=(group,), daemon=True,
+                                              name=f"integration-events-claimer[{group}]")
+                    self._threads.append(thread)
+                    self.started += 1
+                    thread.start()
+
+    def running(self) -> int:
+        with self._lock:
+            return sum(self._running.values())
+
+    def close(self, *, stop: bool) -> PassStats:
+        """Wait for the claimers (``stop``: each ends after its current batch, else they go
+        on while their claims come back full) and return what they did."""
+        if stop:
+            self._stop.set()
+        for thread in self._threads:
+            thread.join(None if not stop else JOIN_GRACE + get_settings().LEASE_SECONDS)
+            if thread.is_alive():
+                logger.warning("extra claimer still running after the task ended thread=%s",
+                               thread.name, extra={"alias": self.using})
+        self._stop.set()
+        with self._lock:
+            return PassStats().add(self.stats)
+
+    def _run(self, group: str) -> None:
+        strategy = OldestFirst()
+        strategy.group = group
+        executor = Executor(self.using, self.claimer, strategy, Failures(self.using, self.hooks),
+                            self.hooks, stop_exceptions=self.stop_exceptions, clock=self.clock)
+        limit = group_claim_sizes().get(group) or get_settings().CLAIM_BATCH_SIZE
+        try:
+            while not self._stop.is_set() and self.clock() < self.deadline:
+                stats, full = executor.run(limit, until=self.deadline)
+                with self._lock:
+                    self.stats.add(stats)
+                if not full:
+                    break
+        except BaseException:
+            logger.exception("extra claimer failed alias=%s group=%s: its claim was rolled "
+                             "back and its rows are due again", self.using, group,
+                             extra={"alias": self.using, "group": group})
+        finally:
+            journal.close_connections()
+            connections.close_all()  # this thread's own connections
+            with self._lock:
+                self._running[group] -= 1

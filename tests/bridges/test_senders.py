@@ -1,0 +1,152 @@
+"""A bridge's SENDERS (integration_events.extra_claimers): while its group has a backlog, a
+worker task keeps that many claims of its rows in flight, the task's own and threads of the
+group's own, so the next batch is claimed, loaded and encoded while the broker confirms the
+one before. Where locked claims run (PostgreSQL, MariaDB). A real RabbitMQ, a real database
+(transactions committed: the claimers have connections of their own), a plain-pika peer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import pytest
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+from django.test import override_settings
+
+from integration_events import publish_many
+from integration_events.claims import locks_can_expire
+from integration_events.instrumentation import Instrumentation
+from integration_events.models import MessageStatus, ReceivedMessage
+from integration_events.worker import Worker
+from tests.eventapp.events import LonelyHappened
+
+from .conftest import drain
+
+# dbspecific: MariaDB runs them too (the CI's MariaDB pass takes the locking tests).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.dbspecific]
+BATCH = 50
+MESSAGES = 1000
+ALONE: dict[str, Any] = {"SEND": [LonelyHappened.topic], "bind": ("#",), "BATCH_SIZE": BATCH}
+
+
+@pytest.fixture(autouse=True)
+def _locked_claims_run() -> None:
+    # Asked of the server (MariaDB or MySQL), so inside a test, not at collection.
+    if not connection.features.has_select_for_update_skip_locked \
+            or not locks_can_expire("default"):
+        pytest.skip("extra claimers run where locked claims do (PostgreSQL, MariaDB)")
+
+
+class BatchTimes(Instrumentation):
+    """Which thread ran each batch of a bridge, from when to when; optionally a database
+    error in the first batch an extra claimer starts (its claim is rolled back)."""
+
+    lock = threading.Lock()
+    seen: ClassVar[list[tuple[str, float, float, int]]] = []
+    fail_extra: ClassVar[bool] = False
+
+    @contextmanager
+    def batch(self, group: str, deliveries: Any, results: Any) -> Iterator[None]:
+        name = threading.current_thread().name
+        if BatchTimes.fail_extra and name.startswith("integration-events-claimer"):
+            BatchTimes.fail_extra = False
+            raise DatabaseError("injected: the extra claimer's connection broke")
+        started = time.monotonic()
+        yield
+        with BatchTimes.lock:
+            BatchTimes.seen.append((name, started, time.monotonic(), len(deliveries)))
+
+
+@contextmanager
+def timing() -> Iterator[None]:
+    """BatchTimes as the only instrument and a short IDLE_LINGER (the bridges as set)."""
+    BatchTimes.seen, BatchTimes.fail_extra = [], False
+    try:
+        with override_settings(INTEGRATION_EVENTS={
+                **settings.INTEGRATION_EVENTS,
+                "INSTRUMENTATION": [f"{__name__}.BatchTimes"], "IDLE_LINGER": 0.2}):
+            yield
+    finally:
+        BatchTimes.fail_extra = False
+
+
+def dispatched(count: int) -> Worker:
+    publish_many([LonelyHappened(n=n) for n in range(count)])
+    worker = Worker(keep_leases=False)
+    while worker.dispatch_batch().total:
+        pass
+    return worker
+
+
+def overlapping(seen: list[tuple[str, float, float, int]]) -> int:
+    """Pairs of batches of different threads that ran at the same time."""
+    return sum(1 for i, (a, s1, e1, _) in enumerate(seen) for (b, s2, e2, _) in seen[i + 1:]
+               if a != b and s1 < e2 and s2 < e1)
+
+
+def sent_once(peer: Any, queue: str, count: int) -> None:
+    got = drain(peer, queue, expect=count + 1, timeout=2.0)
+    ids = [properties.headers["cap-msg-id"] for _, properties, _ in got]
+    assert len(ids) == count and len(set(ids)) == count
+
+
+def everything_succeeded_once(group: str, count: int) -> None:
+    rows = ReceivedMessage.objects.filter(group=group)
+    assert rows.count() == count
+    assert set(rows.values_list("status", "attempts")) == {(MessageStatus.SUCCEEDED, 1)}
+
+
+@pytest.mark.parametrize("entry", ["run_until_idle", "run"])
+@pytest.mark.parametrize("senders", [2, 1])
+def test_a_backlog_goes_out_with_senders_claims_in_flight(
+        bridged: Callable[..., Any], peer: Any, senders: int, entry: str) -> None:
+    out = bridged(**ALONE, SENDERS=senders)
+    with timing():
+        worker = dispatched(MESSAGES)
+        stats = worker.run_until_idle() if entry == "run_until_idle" else worker.run(budget=60)
+    # The task's figures count the extra claimers' rows too.
+    assert stats.succeeded == MESSAGES
+    everything_succeeded_once(out.group, MESSAGES)
+    sent_once(peer, out.queue, MESSAGES)
+    threads = {name for name, *_ in BatchTimes.seen}
+    assert sum(n for *_, n in BatchTimes.seen) == MESSAGES
+    if senders == 1:
+        assert threads == {threading.current_thread().name}
+    else:
+        assert threading.current_thread().name in threads and len(threads) == 2, threads
+        # Two claims were in flight at once: batches of the two threads overlapped.
+        assert overlapping(BatchTimes.seen) >= 1, BatchTimes.seen
+
+
+def test_no_extra_claimer_inside_a_callers_transaction(
+        bridged: Callable[..., Any], peer: Any) -> None:
+    # Other connections would not see the transaction's rows (a test's, deliver_pending's).
+    out = bridged(**ALONE)
+    with timing(), transaction.atomic():
+        worker = dispatched(300)
+        assert worker.run_until_idle().succeeded == 300
+    assert {name for name, *_ in BatchTimes.seen} == {threading.current_thread().name}
+    everything_succeeded_once(out.group, 300)
+    sent_once(peer, out.queue, 300)
+
+
+def test_an_extra_claimer_that_fails_ends_and_its_rows_go_out_with_the_others(
+        bridged: Callable[..., Any], peer: Any, caplog: pytest.LogCaptureFixture) -> None:
+    out = bridged(**ALONE)
+    with timing(), caplog.at_level(logging.ERROR, "integration_events"):
+        BatchTimes.fail_extra = True
+        worker = dispatched(MESSAGES)
+        stats = worker.run_until_idle()
+    assert not BatchTimes.fail_extra, "no extra claimer started"
+    failed = [r for r in caplog.records if "extra claimer failed" in r.getMessage()]
+    assert len(failed) == 1, caplog.text
+    assert "injected" in str(failed[0].exc_info[1])
+    # Its claim was rolled back before anything was sent: the rows went out once, later.
+    assert stats.succeeded == MESSAGES
+    everything_succeeded_once(out.group, MESSAGES)
+    sent_once(peer, out.queue, MESSAGES)
