@@ -8,12 +8,14 @@ against a plain pika baseline in the same run (the machine is shared and noisy).
     .venv/bin/python bench/bridge.py --cluster-only   # through a qcluster only: the same
     .venv/bin/python bench/bridge.py --latency-ab     # latency, locked vs leased claims, twice
 
-1. sending: N events through the group bridge:<name>, run by an in-process Worker (claim,
-   encode in CAP's format, publish with confirms, complete), from the first claim to the
-   last row succeeded, with the default settings (a claim and a publish of BATCH_SIZE = 500
-   rows), with BATCH_SIZE 100 and with LOCKED_CLAIMS off; against a plain pika loop that
-   publishes the same N messages (same bodies and headers) in batches of 100, and of 500,
-   awaiting each batch's confirms. Every run starts on an empty peer queue.
+1. sending: N events through the group bridge:<name>, run by an in-process Worker's
+   run_until_idle (claim, encode in CAP's format, publish with confirms, complete), from
+   the first claim to the last row succeeded, with the default settings (claims and
+   publishes of BATCH_SIZE = 500 rows, SENDERS = 2 claims in flight), with SENDERS 1, with
+   BATCH_SIZE 100 and with LOCKED_CLAIMS off; against a plain pika loop that publishes the
+   same N messages (same bodies and headers) in batches of 100, and of 500, awaiting each
+   batch's confirms. Every run starts on an empty peer queue, and on PostgreSQL with the
+   tables' statistics up to date (ANALYZE, as autovacuum keeps them on a deployed database).
    As deployed: a real `manage.py qcluster` with the project's default worker count on the
    database (2 on PostgreSQL, 1 on SQLite) drains 2N (at least 4 batches) waiting rows of
    bridge:<name>; rate from the rows' finished_at (each worker's first batch left out);
@@ -292,27 +294,30 @@ def phase_send(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
     exchange, purge, bridges = sending_peer(url, "send")
     batch_size = parse_bridge("out", bridges["out"]).batch_size  # the default
     ours: list[float] = []
+    single: list[float] = []
     leased: list[float] = []
     small: list[float] = []
     plain: list[float] = []
     plain_same: list[float] = []
 
     def engine(locked_claims: bool = True, batch: int | None = None, **keys: Any) -> float:
-        """Seconds for a Worker to send the n rows of bridge:out (dispatch not counted)."""
+        """Seconds for a Worker to send the n rows of bridge:out (dispatch not counted);
+        ``keys``: more of the bridge's settings."""
         reset()
         purge()
         configured = {"out": {**bridges["out"], "LOCKED_CLAIMS": locked_claims,
-                              **({"BATCH_SIZE": batch} if batch else {})}}
+                              **({"BATCH_SIZE": batch} if batch else {}), **keys}}
         with override_settings(INTEGRATION_EVENTS={**settings.INTEGRATION_EVENTS,
-                                                   "BRIDGES": configured, **keys}):
+                                                   "BRIDGES": configured}):
             publish_many([LonelyHappened(n=i) for i in range(n)])
             worker = Worker(keep_leases=False)
             while worker.dispatch_batch().total:
                 pass
             analyze()
             started = time.perf_counter()
-            while worker.execute_batch().total:
-                pass
+            # As a task runs them: passes until one finds nothing, with the extra claimers
+            # of the bridge's SENDERS (none with SENDERS 1 or LOCKED_CLAIMS off).
+            worker.run_until_idle()
             took = time.perf_counter() - started
             done = ReceivedMessage.objects.filter(group="bridge:out",
                                                   status=MessageStatus.SUCCEEDED).count()
@@ -326,6 +331,8 @@ def phase_send(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
             # Default settings: where the database has SKIP LOCKED, a locked claim (each row
             # written once, a claim journal row per batch); SQLite leases either way.
             ours.append(engine())
+            # SENDERS 1: one claim of the bridge's rows at a time.
+            single.append(engine(SENDERS=1))
             # LOCKED_CLAIMS off: the rows leased at the claim, then completed (two writes).
             leased.append(engine(locked_claims=False))
             # The bridge's BATCH_SIZE at 100: a claim, a confirm and a write per 100 rows.
@@ -340,6 +347,7 @@ def phase_send(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
         purge()  # nothing left waiting for the phases after this one
     out["send"] = {"n": n, "ours_per_s": n / statistics.median(ours),
                    "leased_per_s": n / statistics.median(leased),
+                   "single_per_s": n / statistics.median(single),
                    "small_per_s": n / statistics.median(small),
                    "pika_per_s": n / statistics.median(plain),
                    "pika_same_per_s": n / statistics.median(plain_same),
@@ -348,7 +356,9 @@ def phase_send(cfg: dict[str, Any], url: str, out: dict[str, Any]) -> None:
     out["send"]["leased_ratio"] = out["send"]["leased_per_s"] / out["send"]["pika_per_s"]
     out["send"]["small_ratio"] = out["send"]["small_per_s"] / out["send"]["pika_per_s"]
     out["send"]["same_ratio"] = out["send"]["ours_per_s"] / out["send"]["pika_same_per_s"]
-    log(f"send: ours {out['send']['ours_per_s']:.0f}/s (leased, LOCKED_CLAIMS off: "
+    out["send"]["single_ratio"] = out["send"]["single_per_s"] / out["send"]["pika_same_per_s"]
+    log(f"send: ours {out['send']['ours_per_s']:.0f}/s (SENDERS 1: "
+        f"{out['send']['single_per_s']:.0f}/s; leased, LOCKED_CLAIMS off: "
         f"{out['send']['leased_per_s']:.0f}/s; BATCH_SIZE {SMALL}: "
         f"{out['send']['small_per_s']:.0f}/s), pika {out['send']['pika_per_s']:.0f}/s "
         f"in batches of {SMALL}, {out['send']['pika_same_per_s']:.0f}/s in batches of "
@@ -559,12 +569,16 @@ def report(out: dict[str, Any], command: str) -> str:
         "| what | ours | plain pika baseline | ratio (goal) |",
         "|---|---|---|---|",
         f"| sending: deliveries/s through `bridge:<name>` ({s['n']} events; claim, encode, "
-        f"publish with confirms, complete), default settings | {s['ours_per_s']:.0f}/s | "
+        f"publish with confirms, complete) by one worker task, default settings (`SENDERS` "
+        f"2: two claims in flight) | {s['ours_per_s']:.0f}/s | "
         f"{s['pika_per_s']:.0f}/s (the same messages, {s['small']} per confirmed batch) | "
         f"{s['ratio']:.2f} (>= 0.5) |",
         f"| the same, against pika in batches of {s['batch']} (the bridge's `BATCH_SIZE`: "
         f"the same batching on both sides) | {s['ours_per_s']:.0f}/s | "
         f"{s['pika_same_per_s']:.0f}/s | {s['same_ratio']:.2f} |",
+        f"| one claim at a time (`SENDERS` 1), against pika in batches of {s['batch']} | "
+        f"{s['single_per_s']:.0f}/s | {s['pika_same_per_s']:.0f}/s | "
+        f"{s['single_ratio']:.2f} |",
         f"| the bridge's `BATCH_SIZE` at {s['small']}, against pika in batches of "
         f"{s['small']} | {s['small_per_s']:.0f}/s | {s['pika_per_s']:.0f}/s | "
         f"{s['small_ratio']:.2f} |",
