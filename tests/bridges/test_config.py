@@ -41,6 +41,7 @@ def test_the_contract_from_the_issue_parses_with_the_defaults() -> None:
     assert (bridge.prefetch, bridge.batch_size, bridge.max_body_bytes) == (100, 500, 1_048_576)
     assert bridge.fail_after == 3 * 24 * 3600
     assert bridge.forward_received is False
+    assert (bridge.locked_claims, bridge.senders) == (True, 2)
     assert bridge.safe_url == "amqp://guest:***@127.0.0.1:5672//"
 
 
@@ -82,6 +83,8 @@ def test_queue_arguments_dead_letter_exchange_and_no_ttl() -> None:
         ({"PREFETCH": 70000}, '["PREFETCH"]: Input should be less than or equal to 65535'),
         ({"QUEUE_ARGUMENTS": {"x-message-ttl": 5}}, "is set through QUEUE_MESSAGE_TTL"),
         ({"FAIL_AFTER": 0}, '["FAIL_AFTER"]: Input should be greater than 0'),
+        ({"SENDERS": 0}, '["SENDERS"]: Input should be greater than or equal to 1'),
+        ({"SENDERS": 9}, '["SENDERS"]: Input should be less than or equal to 8'),
     ],
 )
 def test_bad_entries_name_the_bridge_and_the_key(entry: dict[str, Any], expected: str) -> None:
