@@ -116,6 +116,9 @@ class ExtraClaimers:
                              "back and its rows are due again", self.using, group,
                              extra={"alias": self.using, "group": group})
         finally:
+            from .bridging import resolver  # this thread's broker connections (per thread)
+
+            resolver.close()
             journal.close_connections()
             connections.close_all()  # this thread's own connections
             with self._lock:
