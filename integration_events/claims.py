@@ -85,7 +85,10 @@ class OldestFirst:
     """Due rows oldest first across all groups: overdue retries, then new rows; of one
     ``group`` only, if given (an extra claimer's, integration_events.extra_claimers)."""
 
-    group: str | None = None
+    group: str | None = None  # subclasses that do not call __init__ claim every group
+
+    def __init__(self, group: str | None = None) -> None:
+        self.group = group
 
     def select(self, qs: MessageQuerySet[Any], limit: int, *, skip_locked: bool) -> list[Any]:
         pks: list[Any] = []

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 from django.db import connections
@@ -58,7 +59,6 @@ class ExtraClaimers:
         self.deadline, self.clock = deadline, clock
         self.stop_exceptions = stop_exceptions
         self.stats = PassStats()
-        self.started = 0
         self._lock = threading.Lock()
         self._running: dict[str, int] = {}
         self._threads: list[threading.Thread] = []
@@ -73,34 +73,39 @@ class ExtraClaimers:
             with self._lock:
                 lacking = wanted.get(group, 1) - 1 - self._running.get(group, 0)
                 for _ in range(max(0, lacking)):
-                    self._running[group] = self._running.get(group, 0) + 1
                     thread = threading.Thread(target=self._run, args=(group,), daemon=True,
                                               name=f"integration-events-claimer[{group}]")
+                    # Counted once started: a thread that could not start is not waited for.
+                    self._running[group] = self._running.get(group, 0) + 1
+                    try:
+                        thread.start()
+                    except BaseException:
+                        self._running[group] -= 1
+                        raise
                     self._threads.append(thread)
-                    self.started += 1
-                    thread.start()
-
-    def running(self) -> int:
-        with self._lock:
-            return sum(self._running.values())
 
     def close(self, *, stop: bool) -> PassStats:
         """Wait for the claimers (``stop``: each ends after its current batch, else they go
-        on while their claims come back full) and return what they did."""
+        on while their claims come back full) and return what they did. Interrupted while
+        waiting (a stop exception), it tells them to stop before it lets the exception on."""
         if stop:
             self._stop.set()
-        for thread in self._threads:
-            thread.join(None if not stop else JOIN_GRACE + get_settings().LEASE_SECONDS)
-            if thread.is_alive():
-                logger.warning("extra claimer still running after the task ended thread=%s",
-                               thread.name, extra={"alias": self.using})
-        self._stop.set()
+        # One grace for all of them, not one each.
+        until = None if not stop else time.monotonic() + JOIN_GRACE + get_settings().LEASE_SECONDS
+        try:
+            for thread in self._threads:
+                thread.join(None if until is None else max(0.0, until - time.monotonic()))
+                if thread.is_alive():
+                    logger.warning("extra claimer still running after the task ended "
+                                   "thread=%s", thread.name,
+                                   extra={"alias": self.using, "thread": thread.name})
+        finally:
+            self._stop.set()
         with self._lock:
             return PassStats().add(self.stats)
 
     def _run(self, group: str) -> None:
-        strategy = OldestFirst()
-        strategy.group = group
+        strategy = OldestFirst(group=group)
         executor = Executor(self.using, self.claimer, strategy, Failures(self.using, self.hooks),
                             self.hooks, stop_exceptions=self.stop_exceptions, clock=self.clock)
         limit = group_claim_sizes().get(group) or get_settings().CLAIM_BATCH_SIZE

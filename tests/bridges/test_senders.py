@@ -20,6 +20,7 @@ from django.test import override_settings
 
 from integration_events import publish_many
 from integration_events.claims import locks_can_expire
+from integration_events.extra_claimers import ExtraClaimers
 from integration_events.instrumentation import Instrumentation
 from integration_events.models import MessageStatus, ReceivedMessage
 from integration_events.worker import Worker
@@ -124,13 +125,24 @@ def test_a_backlog_goes_out_with_senders_claims_in_flight(
 
 
 def test_no_extra_claimer_inside_a_callers_transaction(
-        bridged: Callable[..., Any], peer: Any) -> None:
+        bridged: Callable[..., Any], peer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # Other connections would not see the transaction's rows (a test's, deliver_pending's).
+    # A claimer started there would find nothing and end unseen by the batch hook: the
+    # offers the task makes are what shows it (the real offer still runs).
+    offers: list[set[str]] = []
+    real_offer = ExtraClaimers.offer
+
+    def offer(self: ExtraClaimers, backlogged: Any, wanted: Any) -> None:
+        offers.append(set(backlogged))
+        real_offer(self, backlogged, wanted)
+
+    monkeypatch.setattr(ExtraClaimers, "offer", offer)
     out = bridged(**ALONE)
     with timing(), transaction.atomic():
         worker = dispatched(300)
         assert worker.run_until_idle().succeeded == 300
     assert {name for name, *_ in BatchTimes.seen} == {threading.current_thread().name}
+    assert offers == []
     everything_succeeded_once(out.group, 300)
     sent_once(peer, out.queue, 300)
 
