@@ -21,7 +21,9 @@ leased as above, just before the commit.
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -62,6 +64,12 @@ class ClaimStrategy(Protocol):
     - ``running(row)`` is entered around each handler run of a claimed row (inside the
       unit's transaction); ``running_batch(group, count)`` around one call of a batch handler
       with ``count`` deliveries of ``group``.
+
+    Optional, for a batch group's extra claimers (integration_events.extra_claimers; a
+    strategy without them gets none): ``left_behind(group, taken)``, asked right after a
+    claim that took ``taken`` rows of ``group``, says whether it left due rows of it behind
+    (the group has a backlog); ``for_group(group)`` returns a strategy that selects that
+    group's rows only, for a claimer thread of its own.
     """
 
     def select(self, qs: MessageQuerySet[Any], limit: int, *, skip_locked: bool) -> list[Any]:
@@ -86,6 +94,9 @@ class OldestFirst:
     ``group`` only, if given (an extra claimer's, integration_events.extra_claimers)."""
 
     group: str | None = None  # subclasses that do not call __init__ claim every group
+    # Whether this thread's last claim came back full (left_behind); per thread, since one
+    # strategy object serves every thread of a process.
+    _last = threading.local()
 
     def __init__(self, group: str | None = None) -> None:
         self.group = group
@@ -93,6 +104,7 @@ class OldestFirst:
     def select(self, qs: MessageQuerySet[Any], limit: int, *, skip_locked: bool) -> list[Any]:
         pks: list[Any] = []
         one = {"group": self.group} if self.group is not None else {}
+        OldestFirst._last.full = False
         # One query per status, each an ordered range of the (status, next_attempt_at) index:
         # with "status IN (...)" InnoDB sorts, and a locking read that sorts locks every due
         # row, which would leave nothing for the other claimers to skip to.
@@ -104,8 +116,19 @@ class OldestFirst:
                     return pks or [pk]
                 pks.append(pk)
             if len(pks) >= limit:
+                OldestFirst._last.full = True
                 break
         return pks
+
+    def left_behind(self, group: str, taken: int) -> bool:
+        """A claim that came back full may have left rows of each group it took behind."""
+        return taken > 0 and getattr(OldestFirst._last, "full", False)
+
+    def for_group(self, group: str) -> OldestFirst:
+        """This strategy for one group's rows (a copy sharing what it has learnt)."""
+        one = copy.copy(self)
+        one.group = group
+        return one
 
     def admit(self, claim: Claim[ReceivedMessage], rows: list[ReceivedMessage]
               ) -> AbstractContextManager[list[ReceivedMessage]]:

@@ -45,7 +45,6 @@ from .registry import (
     ExecutionMode,
     batch_groups,
     get_subscription,
-    group_claim_sizes,
     group_limits,
     locked_claim_groups,
     unknown_topic_retry,
@@ -71,9 +70,9 @@ class Executor:
         self.keeper = keeper
         self.stop_exceptions = stop_exceptions
         self.clock = clock
-        # Locked-claim groups whose batch in a pass was as large as their claim size (a
-        # backlog): the worker may start extra claimers for them (extra_claimers); it clears
-        # the set after each pass.
+        # Locked-claim groups of which a pass took all the strategy would give it, so that
+        # more may be due (a backlog; ClaimStrategy's left_behind): the worker may start extra
+        # claimers for them (extra_claimers); it clears the set after each pass.
         self.backlogged: set[str] = set()
 
     @property
@@ -133,9 +132,10 @@ class Executor:
         batches: dict[str, list[ReceivedMessage]] = {}
         for row in rows:
             batches.setdefault(row.group, []).append(row)
-        sizes = group_claim_sizes()
-        self.backlogged.update(g for g, group_rows in batches.items()
-                               if len(group_rows) >= sizes.get(g, len(rows) + 1))
+        left_behind = getattr(self.strategy, "left_behind", None)
+        if left_behind is not None:
+            self.backlogged.update(g for g, group_rows in batches.items()
+                                   if left_behind(g, len(group_rows)))
         try:
             for group_rows in batches.values():
                 with self.strategy.admit(taken, group_rows) as admitted:

@@ -7,9 +7,11 @@ batch's claim, load and encoding wait behind the confirms of the one before. A l
 batch group that asks for more (``Subscription.claimers``; a bridge's SENDERS, 2 by default)
 gets, while a worker task runs and the group has a backlog (a pass ran as many of its rows
 as its claim size), up to ``claimers - 1`` threads beside the task's own. Each claims only
-that group's rows (``OldestFirst`` of one group) through an Executor, a database connection
-and a claim journal connection of its own, pass after pass while its claims come back full;
-it ends when one does not, when the task's time is up, or when the task stops. Each claim's
+that group's rows (the claim strategy's ``for_group``) through an Executor, a database
+connection and a claim journal connection of its own, pass after pass while its claims leave
+rows of the group behind (the strategy's ``left_behind``: a FairShare claim shrunk by a slow
+broker counts); it ends when one does not, when the task's time is up, or when the task
+stops. Each claim's
 transaction locks its rows (SKIP LOCKED), so no two claimers take the same row, and the rest
 of a claim (the journal, the attempts, the outcomes) is what it is in the task's thread.
 The task's thread goes on claiming every group; before it ends it waits for its extra
@@ -19,7 +21,9 @@ Only where locked claims run (PostgreSQL, MariaDB; groups without a rate or conc
 limit), and never inside a caller's transaction (a test's: other connections would not see
 its rows). A claimer that fails logs why and ends; its claim's transaction was rolled back,
 so its rows are due again, their attempt counted by the claim journal as for a worker that
-died.
+died. The group then gets no extra claimer in this process for FAILURE_BACKOFF's first
+seconds, twice as long after each further failure in a row (up to its second); a claimer
+that ends well clears that.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from django.db import connections
 
 from . import journal
-from .claims import OldestFirst
+from .claims import ClaimStrategy
 from .conf import get_settings
 from .execute import Executor
 from .failures import Failures
@@ -46,16 +50,45 @@ logger = logging.getLogger("integration_events")
 # How long the task waits for an extra claimer to end its batch before it goes on without it
 # (a claim that hangs loses its locks after LEASE_SECONDS anyway; see claims._idle_timeout).
 JOIN_GRACE = 5.0
+# No extra claimer for a group whose last one failed, for (first, at most) seconds.
+FAILURE_BACKOFF = (1.0, 60.0)
+
+# (alias, group) -> (failures in a row, no extra claimer before this time.monotonic()).
+_failed: dict[tuple[str, str], tuple[int, float]] = {}
+_failed_lock = threading.Lock()
+
+
+def backing_off(using: str, group: str) -> float:
+    """Seconds until ``group`` may get an extra claimer again (0: now)."""
+    with _failed_lock:
+        _, until = _failed.get((using, group), (0, 0.0))
+    return max(0.0, until - time.monotonic())
+
+
+def _failed_once_more(using: str, group: str) -> float:
+    with _failed_lock:
+        count = _failed.get((using, group), (0, 0.0))[0] + 1
+        first, most = FAILURE_BACKOFF
+        wait = min(most, first * 2 ** (count - 1))
+        _failed[(using, group)] = (count, time.monotonic() + wait)
+    return wait
+
+
+def _ended_well(using: str, group: str) -> None:
+    with _failed_lock:
+        _failed.pop((using, group), None)
 
 
 class ExtraClaimers:
     """The extra claimer threads of one worker task (see the module docstring)."""
 
-    def __init__(self, using: str, claimer: str, hooks: Hooks, *,
+    def __init__(self, using: str, claimer: str, for_group: Callable[[str], ClaimStrategy],
+                 hooks: Hooks, *,
                  deadline: float = float("inf"),
                  clock: Callable[[], float],
                  stop_exceptions: tuple[type[BaseException], ...] = STOP_EXCEPTIONS) -> None:
         self.using, self.claimer, self.hooks = using, claimer, hooks
+        self.for_group = for_group  # a claim strategy of one group's rows
         self.deadline, self.clock = deadline, clock
         self.stop_exceptions = stop_exceptions
         self.stats = PassStats()
@@ -70,6 +103,8 @@ class ExtraClaimers:
         if self._stop.is_set():
             return
         for group in backlogged:
+            if backing_off(self.using, group):
+                continue
             with self._lock:
                 lacking = wanted.get(group, 1) - 1 - self._running.get(group, 0)
                 for _ in range(max(0, lacking)):
@@ -105,21 +140,26 @@ class ExtraClaimers:
             return PassStats().add(self.stats)
 
     def _run(self, group: str) -> None:
-        strategy = OldestFirst(group=group)
-        executor = Executor(self.using, self.claimer, strategy, Failures(self.using, self.hooks),
-                            self.hooks, stop_exceptions=self.stop_exceptions, clock=self.clock)
+        executor = Executor(self.using, self.claimer, self.for_group(group),
+                            Failures(self.using, self.hooks), self.hooks,
+                            stop_exceptions=self.stop_exceptions, clock=self.clock)
         limit = group_claim_sizes().get(group) or get_settings().CLAIM_BATCH_SIZE
         try:
             while not self._stop.is_set() and self.clock() < self.deadline:
-                stats, full = executor.run(limit, until=self.deadline)
+                stats, _ = executor.run(limit, until=self.deadline)
                 with self._lock:
                     self.stats.add(stats)
-                if not full:
+                if group not in executor.backlogged:
                     break
+                executor.backlogged.clear()
         except BaseException:
+            wait = _failed_once_more(self.using, group)
             logger.exception("extra claimer failed alias=%s group=%s: its claim was rolled "
-                             "back and its rows are due again", self.using, group,
-                             extra={"alias": self.using, "group": group})
+                             "back and its rows are due again; no extra claimer for the "
+                             "group for %.0f s", self.using, group, wait,
+                             extra={"alias": self.using, "group": group, "backoff": wait})
+        else:
+            _ended_well(self.using, group)
         finally:
             from .bridging import resolver  # this thread's broker connections (per thread)
 

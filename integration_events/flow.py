@@ -66,6 +66,8 @@ class _Pass:
     # The settings this pass runs with (read once: the per-handler checks are hot).
     budget: float = 1.0
     poll: float = 0.1
+    # How the pass's claim shared its rows out (None: everything due was in hand).
+    shares: _Shares | None = None
 
 
 class _Shares:
@@ -92,6 +94,10 @@ class _Shares:
             self.rooms[group] = found
         return found
 
+    def cut_short(self, group: str, taken: int) -> bool:
+        """Whether ``group`` holding ``taken`` rows got all it could (more may be due)."""
+        return taken >= self.room(group) or (group in self.sizes and self.spare <= 0)
+
     def want(self, group: str, have: int) -> int:
         """How many more rows ``group`` may take, holding ``have``."""
         more = self.room(group) - have
@@ -116,6 +122,42 @@ class _Shares:
         return picked[:MAX_ROWS_PER_STATEMENT]
 
 
+class _Line:
+    """A batch group's seconds per batch as ``fixed + per_row * rows``, fitted over its
+    recent batches (least squares, exponentially weighted): a fixed cost per batch (a
+    broker's confirm round trip) taken for a cost per row would shrink the group's claims
+    until each held one row, every batch costing about as much as a full one."""
+
+    __slots__ = ("weight", "rows", "seconds", "rows2", "product", "per_row")
+
+    def __init__(self) -> None:
+        self.weight = self.rows = self.seconds = self.rows2 = self.product = 0.0
+        self.per_row: float | None = None  # the last slope fitted
+
+    def add(self, rows: int, seconds: float) -> None:
+        keep = 1 - EWMA_ALPHA
+        self.weight = keep * self.weight + EWMA_ALPHA
+        self.rows = keep * self.rows + EWMA_ALPHA * rows
+        self.seconds = keep * self.seconds + EWMA_ALPHA * seconds
+        self.rows2 = keep * self.rows2 + EWMA_ALPHA * rows * rows
+        self.product = keep * self.product + EWMA_ALPHA * rows * seconds
+        mean_rows, mean_seconds = self.rows / self.weight, self.seconds / self.weight
+        spread = self.rows2 / self.weight - mean_rows ** 2
+        if spread >= (0.1 * mean_rows) ** 2:  # batches of different sizes: a slope to fit
+            self.per_row = (self.product / self.weight - mean_rows * mean_seconds) / spread
+
+    def rows_within(self, budget: float, limit: int) -> int | None:
+        """How many rows one batch can take within ``budget`` seconds (at most ``limit``);
+        None while no slope is known. The fixed cost is re-read at the current sizes, so a
+        slower or faster broker counts at once."""
+        if self.per_row is None or not self.weight:
+            return None
+        fixed = (self.seconds - self.per_row * self.rows) / self.weight
+        if self.per_row <= 0 or fixed >= budget:
+            return limit  # a smaller batch would save no time, only cost throughput
+        return max(1, min(limit, int((budget - fixed) / self.per_row)))
+
+
 class FairShare(OldestFirst):
     """The default claim strategy: fair across groups and the group limits (module doc)."""
 
@@ -125,6 +167,8 @@ class FairShare(OldestFirst):
         self.cost: dict[str, float] = {}
         # Groups whose own lookup found no due row, and when (skipped for a while).
         self.empty_at: dict[str, float] = {}
+        # Batch groups' seconds per batch against its size.
+        self.lines: dict[str, _Line] = {}
         self._local = threading.local()
 
     @property
@@ -137,6 +181,11 @@ class FairShare(OldestFirst):
     # --- claiming -----------------------------------------------------------------------------
 
     def share(self, group: str, limit: int) -> int:
+        line = self.lines.get(group)
+        if line is not None:
+            rows = line.rows_within(self.current.budget, limit)
+            if rows is not None:
+                return rows
         cost = self.cost.get(group)
         if cost is None:
             return min(limit, UNKNOWN_SHARE)
@@ -150,9 +199,12 @@ class FairShare(OldestFirst):
             return super().select(qs, limit, skip_locked=skip_locked)
         now = self.clock()
         settings = get_settings()
-        self._local.state = _Pass(started=now, checked_at=now,
-                                  budget=settings.EXECUTE_BATCH_SECONDS,
-                                  poll=settings.POLL_INTERVAL)
+        state = self._local.state = _Pass(started=now, checked_at=now,
+                                          budget=settings.EXECUTE_BATCH_SECONDS,
+                                          poll=settings.POLL_INTERVAL)
+        if self.group is not None:  # an extra claimer's: its group's rows, oldest first
+            state.shares = _Shares(self, limit, {self.group: limit})
+            return super().select(qs, state.shares.room(self.group), skip_locked=skip_locked)
         window = self._window(qs, limit + 1, skip_locked)
         if window and window[0][2] == LEASE_EXPIRED:
             return [window[0][0]]  # a row back from an expired lease is claimed alone
@@ -164,7 +216,7 @@ class FairShare(OldestFirst):
         window = [r for r in window if r[1] not in full]
         if len(window) <= limit:  # everything due is in hand: no backlog to share
             return self._fast_first(window)
-        shares = _Shares(self, limit, group_claim_sizes())
+        shares = state.shares = _Shares(self, limit, group_claim_sizes())
         taken: dict[str, list[Any]] = {}
         for pk, group, _kind, _status in window:
             rows = taken.setdefault(group, [])
@@ -175,6 +227,14 @@ class FairShare(OldestFirst):
                      pending={pk for pk, _g, _k, status in window if status == PENDING})
         self._look_up_others(qs, taken, shares, full, limits, now, skip_locked)
         return shares.pick(taken)
+
+    def left_behind(self, group: str, taken: int) -> bool:
+        """Whether this thread's last claim gave ``group`` all the rows it could (so it may
+        have more due): its share, or its claim size, or the room one statement had left."""
+        if self.group is not None:
+            return super().left_behind(group, taken)
+        shares = self.current.shares
+        return shares is not None and taken > 0 and shares.cut_short(group, taken)
 
     def _top_up(self, qs: MessageQuerySet[Any], taken: dict[str, list[Any]], shares: _Shares,
                 skip_locked: bool, pending: set[Any]) -> None:
@@ -299,7 +359,7 @@ class FairShare(OldestFirst):
         return _Timed(self, row.group)
 
     def running_batch(self, group: str, count: int) -> AbstractContextManager[None]:
-        return _Timed(self, group, count)
+        return _Timed(self, group, count, batch=True)
 
     def _held_back(self, using: str, state: _Pass) -> set[str]:
         now = self.clock()
@@ -309,9 +369,15 @@ class FairShare(OldestFirst):
             state.checked_at = now
         return state.held_back
 
-    def observe(self, group: str, seconds: float, count: int = 1) -> None:
-        """``count`` handler runs of ``group`` (one call of a batch handler for several) took
-        ``seconds``."""
+    def observe(self, group: str, seconds: float, count: int = 1, *, batch: bool = False
+                ) -> None:
+        """``count`` handler runs of ``group`` (one call of a batch handler for several,
+        ``batch``) took ``seconds``."""
+        if batch:
+            line = self.lines.get(group)
+            if line is None:
+                line = self.lines[group] = _Line()
+            line.add(count, seconds)
         each = seconds / max(count, 1)
         previous = self.cost.get(group)
         self.cost[group] = each if previous is None else (
@@ -325,16 +391,18 @@ class FairShare(OldestFirst):
 class _Timed:
     """Times one handler run for ``FairShare.observe`` (a plain class: this is per handler)."""
 
-    __slots__ = ("strategy", "group", "count", "started")
+    __slots__ = ("strategy", "group", "count", "batch", "started")
 
-    def __init__(self, strategy: FairShare, group: str, count: int = 1) -> None:
-        self.strategy, self.group, self.count = strategy, group, count
+    def __init__(self, strategy: FairShare, group: str, count: int = 1, *,
+                 batch: bool = False) -> None:
+        self.strategy, self.group, self.count, self.batch = strategy, group, count, batch
 
     def __enter__(self) -> None:
         self.started = self.strategy.clock()
 
     def __exit__(self, *exc: object) -> None:
-        self.strategy.observe(self.group, self.strategy.clock() - self.started, self.count)
+        self.strategy.observe(self.group, self.strategy.clock() - self.started, self.count,
+                              batch=self.batch)
 
 
 def _recheck_after() -> float:

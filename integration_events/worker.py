@@ -198,12 +198,13 @@ class Worker:
         """Extra claimers for backlogged groups that ask for them (integration_events.
         extra_claimers) while the block runs; their figures are added to ``total`` once each
         has ended (after its current batch, if the block raised)."""
-        if not group_claimers() or connections[self.using].in_atomic_block \
-                or not self.executor.locked_groups():
+        for_group = getattr(self.executor.strategy, "for_group", None)
+        if not group_claimers() or for_group is None \
+                or connections[self.using].in_atomic_block or not self.executor.locked_groups():
             yield
             return
         assert self.hooks is not None
-        extra = ExtraClaimers(self.using, self.name, self.hooks, deadline=deadline,
+        extra = ExtraClaimers(self.using, self.name, for_group, self.hooks, deadline=deadline,
                               clock=self.clock, stop_exceptions=self.stop_exceptions)
         self._extra, stop = extra, True
         try:

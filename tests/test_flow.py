@@ -115,8 +115,9 @@ def test_a_group_that_used_its_time_in_a_pass_gives_the_rest_back() -> None:
 
     original = strategy.observe
 
-    def slow_handler_time(group: str, seconds: float, count: int = 1) -> None:
-        original(group, 0.6 * count, count)  # each run "takes" 0.6 s
+    def slow_handler_time(group: str, seconds: float, count: int = 1, *,
+                          batch: bool = False) -> None:
+        original(group, 0.6 * count, count, batch=batch)  # each run "takes" 0.6 s
 
     strategy.observe = slow_handler_time  # type: ignore[method-assign]
     with override_settings(INTEGRATION_EVENTS={"EXECUTE_BATCH_SECONDS": 1.0,
@@ -362,3 +363,41 @@ def test_the_sized_groups_add_at_most_what_one_in_list_holds(sized, settings) ->
     finally:
         flow.MAX_ROWS_PER_STATEMENT = original
     assert sum(1 for r in taken if r.group == SIZED) == 12
+
+
+@pytest.mark.django_db(transaction=True)
+def test_left_behind_names_the_groups_a_claim_gave_all_it_could(sized) -> None:
+    # The backlog signal extra claimers start on (integration_events.extra_claimers).
+    publish_many([LonelyHappened(n=n) for n in range(45)])
+    Worker(keep_leases=False).dispatch_batch()
+    strategy = FairShare(clock=Clock())
+    taken = claim(ReceivedMessage, "default", 5, "test", strategy, count_attempt=False)
+    mine = sum(1 for r in taken if r.group == SIZED)
+    assert mine == 30 and strategy.left_behind(SIZED, mine)
+    # A group-only strategy (an extra claimer's) takes the rest: 15 of up to 30, none left.
+    one = strategy.for_group(SIZED)
+    rest = claim(ReceivedMessage, "default", 30, "test", one, count_attempt=False)
+    assert {r.group for r in rest} == {SIZED} and len(rest) == 15
+    assert not one.left_behind(SIZED, len(rest))
+    # Once the group's rows cost more than a pass's time, its share is smaller than its size,
+    # and a claim that took that share left rows behind too.
+    strategy.observe(SIZED, 2.0, 30, batch=True)  # 1 s budget: 15 rows a pass
+    assert strategy.share(SIZED, 30) == 15
+
+
+def test_a_fixed_cost_per_batch_does_not_shrink_a_batch_groups_claims() -> None:
+    group, budget = "bridge:slow", 1.0  # the default EXECUTE_BATCH_SECONDS
+    fixed = FairShare(clock=Clock())  # 2 s a batch, whatever its size (a slow confirm)
+    fixed.observe(group, 2.0, 50, batch=True)
+    assert fixed.share(group, 50) == 25  # one size seen: the time is taken as per row
+    fixed.observe(group, 2.0, 25, batch=True)
+    assert fixed.share(group, 50) == 50  # a smaller batch saves nothing: the whole size
+    per_row = FairShare(clock=Clock())  # 40 ms a row
+    per_row.observe(group, 2.0, 50, batch=True)
+    per_row.observe(group, 1.0, 25, batch=True)
+    assert per_row.share(group, 50) == 25
+    both = FairShare(clock=Clock())  # 200 ms a batch + 10 ms a row: (1 - 0.2) / 0.01 rows
+    both.observe(group, 0.7, 50, batch=True)
+    both.observe(group, 0.5, 30, batch=True)
+    assert both.share(group, 200) == pytest.approx(80, abs=1)
+    assert both.current.budget == budget

@@ -162,3 +162,44 @@ def test_an_extra_claimer_that_fails_ends_and_its_rows_go_out_with_the_others(
     assert stats.succeeded == MESSAGES
     everything_succeeded_once(out.group, MESSAGES)
     sent_once(peer, out.queue, MESSAGES)
+
+
+class SlowBatches(BatchTimes):
+    """BatchTimes whose batches take FIXED seconds plus PER_ROW seconds per row."""
+
+    FIXED, PER_ROW = 0.0, 0.0
+
+    @contextmanager
+    def batch(self, group: str, deliveries: Any, results: Any) -> Iterator[None]:
+        with super().batch(group, deliveries, results):
+            time.sleep(SlowBatches.FIXED + SlowBatches.PER_ROW * len(deliveries))
+            yield
+
+
+@pytest.mark.parametrize(("fixed", "per_row"), [(0.0, 0.002), (0.1, 0.0)],
+                         ids=["per-row", "per-batch"])
+def test_a_slow_broker_still_gets_its_extra_claimer_when_fair_share_shrinks_its_claims(
+        bridged: Callable[..., Any], peer: Any, monkeypatch: pytest.MonkeyPatch,
+        fixed: float, per_row: float) -> None:
+    # Batches of 50 taking 0.1 s: once FairShare knows it, a pass of EXECUTE_BATCH_SECONDS
+    # 0.05 claims fewer rows than the claim size, and the claim is not full: a slow broker,
+    # where a second claim in flight helps most.
+    monkeypatch.setattr(SlowBatches, "FIXED", fixed)
+    monkeypatch.setattr(SlowBatches, "PER_ROW", per_row)
+    out = bridged(**ALONE)
+    with override_settings(INTEGRATION_EVENTS={
+            **settings.INTEGRATION_EVENTS, "EXECUTE_BATCH_SECONDS": 0.05,
+            "INSTRUMENTATION": [f"{__name__}.SlowBatches"], "IDLE_LINGER": 0.2}):
+        assert dispatched(BATCH).run_until_idle().succeeded == BATCH  # FairShare learns
+        BatchTimes.seen, BatchTimes.fail_extra = [], False
+        stats = dispatched(400).run_until_idle()
+    assert stats.succeeded == 400
+    everything_succeeded_once(out.group, BATCH + 400)
+    sent_once(peer, out.queue, BATCH + 400)
+    mine = [n for name, *_, n in BatchTimes.seen if name == threading.current_thread().name]
+    assert mine[0] < BATCH, BatchTimes.seen  # the claims did shrink
+    assert len({name for name, *_ in BatchTimes.seen}) == 2, BatchTimes.seen
+    if per_row:  # about EXECUTE_BATCH_SECONDS / PER_ROW rows each (the last takes the rest)
+        assert max(mine[:-1]) <= 30, BatchTimes.seen
+    else:  # a smaller batch saves no time: once FairShare has seen that, full batches again
+        assert max(mine[:-1]) == BATCH, BatchTimes.seen
