@@ -119,6 +119,11 @@ class ExtraClaimers:
                         raise
                     self._threads.append(thread)
 
+    def busy(self) -> bool:
+        """Whether any of the claimers is still running."""
+        with self._lock:
+            return any(self._running.values())
+
     def close(self, *, stop: bool) -> PassStats:
         """Wait for the claimers (``stop``: each ends after its current batch, else they go
         on while their claims come back full) and return what they did. Interrupted while

@@ -6,6 +6,7 @@ one before. Where locked claims run (PostgreSQL, MariaDB). A real RabbitMQ, a re
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -16,9 +17,10 @@ from typing import Any, ClassVar
 import pytest
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
+from django.db.models.functions import Now
 from django.test import override_settings
 
-from integration_events import publish_many
+from integration_events import extra_claimers, publish_many
 from integration_events.claims import locks_can_expire
 from integration_events.extra_claimers import ExtraClaimers
 from integration_events.instrumentation import Instrumentation
@@ -43,19 +45,26 @@ def _locked_claims_run() -> None:
         pytest.skip("extra claimers run where locked claims do (PostgreSQL, MariaDB)")
 
 
+@pytest.fixture(autouse=True)
+def _no_backoff_left() -> Iterator[None]:
+    extra_claimers._failed.clear()
+    yield
+    extra_claimers._failed.clear()
+
+
 class BatchTimes(Instrumentation):
     """Which thread ran each batch of a bridge, from when to when; optionally a database
     error in the first batch an extra claimer starts (its claim is rolled back)."""
 
     lock = threading.Lock()
     seen: ClassVar[list[tuple[str, float, float, int]]] = []
-    fail_extra: ClassVar[bool] = False
+    fail_extra: ClassVar[int] = 0  # how many extra claimers' batches fail
 
     @contextmanager
     def batch(self, group: str, deliveries: Any, results: Any) -> Iterator[None]:
         name = threading.current_thread().name
         if BatchTimes.fail_extra and name.startswith("integration-events-claimer"):
-            BatchTimes.fail_extra = False
+            BatchTimes.fail_extra -= 1
             raise DatabaseError("injected: the extra claimer's connection broke")
         started = time.monotonic()
         yield
@@ -66,14 +75,14 @@ class BatchTimes(Instrumentation):
 @contextmanager
 def timing() -> Iterator[None]:
     """BatchTimes as the only instrument and a short IDLE_LINGER (the bridges as set)."""
-    BatchTimes.seen, BatchTimes.fail_extra = [], False
+    BatchTimes.seen, BatchTimes.fail_extra = [], 0
     try:
         with override_settings(INTEGRATION_EVENTS={
                 **settings.INTEGRATION_EVENTS,
                 "INSTRUMENTATION": [f"{__name__}.BatchTimes"], "IDLE_LINGER": 0.2}):
             yield
     finally:
-        BatchTimes.fail_extra = False
+        BatchTimes.fail_extra = 0
 
 
 def dispatched(count: int) -> Worker:
@@ -147,11 +156,40 @@ def test_no_extra_claimer_inside_a_callers_transaction(
     sent_once(peer, out.queue, 300)
 
 
+def test_a_group_whose_extra_claimer_keeps_failing_gets_none_for_a_while(
+        bridged: Callable[..., Any], peer: Any, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(extra_claimers, "FAILURE_BACKOFF", (30.0, 60.0))
+    out = bridged(**ALONE)
+    with timing(), caplog.at_level(logging.ERROR, "integration_events"):
+        BatchTimes.fail_extra = 1000  # every extra claimer's batch fails
+        stats = dispatched(MESSAGES).run_until_idle()
+        failures = 1000 - BatchTimes.fail_extra
+    # One failure, then no extra claimer for 30 s: the task's own thread sent the rest.
+    failed = [r for r in caplog.records if "extra claimer failed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].backoff == 30.0, caplog.text
+    assert failures == 1
+    assert 29 < extra_claimers.backing_off("default", out.group) <= 30
+    assert stats.succeeded == MESSAGES
+    everything_succeeded_once(out.group, MESSAGES)
+    sent_once(peer, out.queue, MESSAGES)
+
+
+def test_the_backoff_doubles_per_failure_in_a_row_and_a_claimer_that_ends_well_clears_it(
+        ) -> None:
+    waits = [extra_claimers._failed_once_more("default", "g") for _ in range(8)]
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert extra_claimers.backing_off("other", "g") == 0
+    extra_claimers._ended_well("default", "g")
+    assert extra_claimers.backing_off("default", "g") == 0
+    assert extra_claimers._failed_once_more("default", "g") == 1.0
+
+
 def test_an_extra_claimer_that_fails_ends_and_its_rows_go_out_with_the_others(
         bridged: Callable[..., Any], peer: Any, caplog: pytest.LogCaptureFixture) -> None:
     out = bridged(**ALONE)
     with timing(), caplog.at_level(logging.ERROR, "integration_events"):
-        BatchTimes.fail_extra = True
+        BatchTimes.fail_extra = 1
         worker = dispatched(MESSAGES)
         stats = worker.run_until_idle()
     assert not BatchTimes.fail_extra, "no extra claimer started"
@@ -191,7 +229,7 @@ def test_a_slow_broker_still_gets_its_extra_claimer_when_fair_share_shrinks_its_
             **settings.INTEGRATION_EVENTS, "EXECUTE_BATCH_SECONDS": 0.05,
             "INSTRUMENTATION": [f"{__name__}.SlowBatches"], "IDLE_LINGER": 0.2}):
         assert dispatched(BATCH).run_until_idle().succeeded == BATCH  # FairShare learns
-        BatchTimes.seen, BatchTimes.fail_extra = [], False
+        BatchTimes.seen, BatchTimes.fail_extra = [], 0
         stats = dispatched(400).run_until_idle()
     assert stats.succeeded == 400
     everything_succeeded_once(out.group, BATCH + 400)
@@ -203,3 +241,92 @@ def test_a_slow_broker_still_gets_its_extra_claimer_when_fair_share_shrinks_its_
         assert max(mine[:-1]) <= 30, BatchTimes.seen
     else:  # a smaller batch saves no time: once FairShare has seen that, full batches again
         assert max(mine[:-1]) == BATCH, BatchTimes.seen
+
+
+def claimer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("integration-events-claimer")]
+
+
+def test_keyed_messages_go_out_in_their_keys_order_with_two_claims_in_flight(
+        bridged: Callable[..., Any], peer: Any) -> None:
+    # A key's next row is claimable once the row before it finished (in_turn): a row locked
+    # by one claimer's open transaction is still pending to the other, which skips its key.
+    out = bridged(**ALONE)
+    keys = {f"key-{k}": range(k * 1000 + 1000, k * 1000 + 1030) for k in range(3)}
+    with timing():
+        for key, numbers in keys.items():
+            publish_many([LonelyHappened(n=n) for n in numbers], ordering_key=key)
+        worker = dispatched(400)  # unkeyed, newer: a backlog the extra claimer starts on
+        stats = worker.run_until_idle()
+    assert stats.succeeded == 490
+    assert len({name for name, *_ in BatchTimes.seen}) == 2, BatchTimes.seen
+    got = drain(peer, out.queue, expect=491, timeout=2.0)
+    assert len(got) == 490
+    sent = [json.loads(body)["N"] for _, _, body in got]
+    for numbers in keys.values():
+        assert [n for n in sent if n in numbers] == list(numbers)
+
+
+class StopInMain(BatchTimes):
+    """The task's own thread is stopped (SIGTERM's exception, say) in its first batch after
+    an extra claimer finished one."""
+
+    armed: ClassVar[bool] = False
+
+    @contextmanager
+    def batch(self, group: str, deliveries: Any, results: Any) -> Iterator[None]:
+        with super().batch(group, deliveries, results):
+            mine = threading.current_thread() is threading.main_thread()
+            if StopInMain.armed and mine and any(
+                    name != threading.main_thread().name for name, *_ in BatchTimes.seen):
+                StopInMain.armed = False
+                raise KeyboardInterrupt
+            yield
+
+
+def test_a_stopped_task_waits_for_its_extra_claimers_batch_and_loses_nothing(
+        bridged: Callable[..., Any], peer: Any) -> None:
+    out = bridged(**ALONE)
+    BatchTimes.seen, StopInMain.armed = [], True
+    with override_settings(INTEGRATION_EVENTS={
+            **settings.INTEGRATION_EVENTS, "INSTRUMENTATION": [f"{__name__}.StopInMain"]}):
+        worker = dispatched(MESSAGES)
+        with pytest.raises(KeyboardInterrupt):
+            worker.run_until_idle()
+        assert not StopInMain.armed, "the task was not stopped"
+        # The claimers ended with the task, each after its batch: no claim is left open.
+        assert claimer_threads() == []
+        assert not ReceivedMessage.objects.filter(status=MessageStatus.PROCESSING).exists()
+        done = ReceivedMessage.objects.filter(group=out.group, status=MessageStatus.SUCCEEDED)
+        assert 0 < done.count() < MESSAGES
+        # The stopped batch's rows are retried (now, not after their retry delay).
+        ReceivedMessage.objects.filter(status=MessageStatus.RETRYING).update(
+            next_attempt_at=Now())
+        worker.run_until_idle()
+    rows = ReceivedMessage.objects.filter(group=out.group)
+    assert set(rows.values_list("status", flat=True)) == {MessageStatus.SUCCEEDED}
+    got = drain(peer, out.queue, expect=2 * MESSAGES, timeout=2.0)
+    # At least once: the stopped batch's rows may go out again.
+    assert len({p.headers["cap-msg-id"] for _, p, _ in got}) == MESSAGES
+
+
+def test_a_task_whose_time_ends_mid_batch_waits_for_its_claimers_batches(
+        bridged: Callable[..., Any], peer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SlowBatches, "FIXED", 0.25)
+    out = bridged(**ALONE)
+    BatchTimes.seen = []
+    with override_settings(INTEGRATION_EVENTS={
+            **settings.INTEGRATION_EVENTS, "INSTRUMENTATION": [f"{__name__}.SlowBatches"]}):
+        worker = dispatched(MESSAGES)
+        started = time.monotonic()
+        stats = worker.run(budget=0.6)
+    assert claimer_threads() == []
+    assert len({name for name, *_ in BatchTimes.seen}) == 2, BatchTimes.seen
+    # A batch that ran when the time was up finished, and counts in the task's figures.
+    assert max(end for _, _, end, _ in BatchTimes.seen) > started + 0.6
+    rows = ReceivedMessage.objects.filter(group=out.group)
+    done = rows.filter(status=MessageStatus.SUCCEEDED)
+    assert stats.succeeded == done.count() == sum(n for *_, n in BatchTimes.seen) < MESSAGES
+    assert set(rows.exclude(status=MessageStatus.SUCCEEDED)
+               .values_list("status", "attempts")) == {(MessageStatus.PENDING, 0)}
+    sent_once(peer, out.queue, done.count())
