@@ -84,7 +84,15 @@ class Executor:
     def run(self, limit: int, until: float = float("inf")) -> tuple[PassStats, bool]:
         """Claim up to ``limit`` due rows and run them; no handler starts after ``until``
         (``clock()`` time), and what did not start goes back at once. Returns the stats and
-        whether the claim came back full."""
+        whether the claim came back full. The hooks hear when the pass is over."""
+        if not self.hooks.active:
+            return self._run(limit, until)
+        try:
+            return self._run(limit, until)
+        finally:
+            self.hooks.pass_finished()
+
+    def _run(self, limit: int, until: float) -> tuple[PassStats, bool]:
         stats = PassStats()
         groups = self.locked_groups()
         locked = (groups, partial(self.run_locked, stats)) if groups else None

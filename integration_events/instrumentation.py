@@ -63,6 +63,11 @@ class Instrumentation:
         """After an outcome was written for ``row`` (before its transaction commits; for a
         lease the sweep found expired, with the sweep's own LeaseExpired error)."""
 
+    def pass_finished(self) -> None:
+        """After each execution pass of a worker (a claim's handlers run and their outcomes
+        written), in any process (a cluster's task, ``deliver_pending``, a management
+        command): hand on what was kept back to be handed on together, e.g. spans to end."""
+
     def process_started(self) -> None:
         """In a new worker process of the cluster, before its first task (django-q2's
         ``post_spawn``; also after a worker is recycled)."""
@@ -115,6 +120,10 @@ class Hooks:
     def outcome(self, row: MessageBase, outcome: Outcome, error: BaseException | None) -> None:
         for instrument in self.instruments:
             instrument.outcome(row, outcome, error)
+
+    def pass_finished(self) -> None:
+        for instrument in self.instruments:
+            instrument.pass_finished()
 
     def process_started(self) -> None:
         for instrument in self.instruments:

@@ -152,6 +152,9 @@ class OpenTelemetry(Instrumentation):
         # Histogram points waiting to be handed to the SDK, a run of them at a time (see
         # point()); appended by the worker's thread, emptied by it or the SDK's collector.
         self._points: deque[tuple[Any, float, dict[str, str], Any]] = deque()
+        # Process spans whose handler has returned, with their end time (ns), to be ended
+        # together at the end of the pass (see end_later()).
+        self._ends: deque[tuple[Any, int]] = deque()
 
     # --- per process ------------------------------------------------------------------------
 
@@ -170,6 +173,7 @@ class OpenTelemetry(Instrumentation):
                 for counts in self._counts.values():
                     counts.clear()
                 self._points.clear()
+                self._ends.clear()
             self._pid = pid
             self.configure()
             self._checked = float("-inf")  # configure() may have set the SDK up: look again
@@ -180,6 +184,7 @@ class OpenTelemetry(Instrumentation):
     def task_finished(self) -> None:
         """Flush spans and metrics: a forked worker that is recycled or killed never runs
         the SDK's exit handler, so what is still buffered would be lost."""
+        self.end_spans()
         self.flush_points()
         for provider in (self.tracer_provider(), self.meter_provider()):
             flush = getattr(provider, "force_flush", None)
@@ -232,6 +237,28 @@ class OpenTelemetry(Instrumentation):
         points.append((histogram, value, attributes, context))
         if len(points) >= POINTS_BATCH:
             self.flush_points()
+
+    def end_later(self, span: Any) -> None:
+        """End ``span`` as of now, when the pass is over (pass_finished) or POINTS_BATCH
+        spans wait, whichever comes first: ending a span hands a copy of it to the span
+        processor, which like record() runs much faster back to back than between handler
+        runs. Its end time is now's; it is no longer current."""
+        ends = self._ends
+        ends.append((span, time.time_ns()))
+        if len(ends) >= POINTS_BATCH:
+            self.end_spans()
+
+    def end_spans(self) -> None:
+        ends = self._ends
+        while True:
+            try:
+                span, at = ends.popleft()
+            except IndexError:
+                return
+            span.end(at)
+
+    def pass_finished(self) -> None:
+        self.end_spans()
 
     def flush_points(self) -> None:
         points = self._points
@@ -411,7 +438,7 @@ class _ProcessSpan:
             if error is not None:
                 _record_error(self.span, error)
             otel_context.detach(self.token)
-            self.span.end()
+            self.owner.end_later(self.span)
 
 
 class _BatchSpan:

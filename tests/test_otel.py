@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import deque
 
 import pytest
 from django.db.models import Count, Sum
@@ -71,6 +72,23 @@ def test_one_trace_from_the_request_through_every_attempt(otel: Telemetry) -> No
     assert [e.name for e in failed.events] == ["exception"]
     assert "fails on attempt 1" in failed.events[0].attributes["exception.message"]
     assert retried.status.status_code is StatusCode.UNSET and other.events == ()
+
+
+def test_process_spans_end_when_their_handler_returns_and_go_out_with_the_pass(
+        otel: Telemetry) -> None:
+    # They are ended together when the pass is over (OpenTelemetry.end_later), each with the
+    # time its handler returned: a span of 0.2 s ends before the next attempt starts.
+    publish_many([ProbeHappened(n=n, behaviour="sleep:0.2", only_group="probe-a")
+                  for n in range(2)])
+    deliver_pending()
+    spans = sorted(otel.finished("process "), key=lambda s: s.start_time)
+    assert len(spans) == 4
+    slow = [s for s in spans if s.attributes["messaging.consumer.group.name"] == "probe-a"]
+    for span in slow:
+        assert 0.2e9 <= span.end_time - span.start_time < 1e9
+    for before, after in zip(spans, spans[1:], strict=False):
+        assert before.end_time <= after.start_time
+    assert otel.instrument._ends == deque()
 
 
 def test_an_event_published_by_a_handler_continues_the_trace(otel: Telemetry) -> None:
