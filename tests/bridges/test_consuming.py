@@ -199,6 +199,74 @@ def test_a_database_connection_killed_under_it_is_reconnected(
     assert PublishedMessage.objects.filter(status=MessageStatus.FAILED).count() == 0
 
 
+def test_a_batch_is_at_most_100_messages_or_what_came_within_50_ms(
+        receiving: Callable[..., Any], peer: Any, consume: Callable[[Any], Running],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from integration_events.bridging import consuming
+
+    sizes: list[int] = []
+
+    def counted(batch: Any, *args: Any) -> Any:
+        sizes.append(len(batch))
+        return store_batch(batch, *args)
+
+    monkeypatch.setattr(consuming, "store_batch", counted)
+    config = receiving()
+    for n in range(250):  # waiting before the consumer starts: batches of 100
+        cap_publish(peer, config.exchange, f"66{n:03d}", n=n)
+    running = consume(config)
+    wait_for(lambda: stored() == 250, 30, "250 messages", lambda: "\n".join(running.lines))
+    # (Batches of 100 as a rule; a slow machine may cut one at 50 ms before it is full.)
+    assert sum(sizes) == 250 and max(sizes) == 100 and len(sizes) <= 5, sizes
+    for n in range(4):  # one every 300 ms: a batch each, none waits for more
+        cap_publish(peer, config.exchange, f"67{n:03d}", n=n)
+        wait_for(lambda n=n: stored() == 251 + n, 5, f"message {n}")
+        time.sleep(0.3)
+    running.stop()
+    assert sizes[-4:] == [1, 1, 1, 1] and sum(sizes) == 254, sizes
+
+
+def test_a_database_that_does_not_answer_gets_nothing_acknowledged_until_it_is_back(
+        receiving: Callable[..., Any], peer: Any, consume: Callable[[Any], Running]) -> None:
+    """PostgreSQL: the test database refuses every new connection (ALLOW_CONNECTIONS false)
+    and the consumer's is terminated, while messages arrive: the consumer acknowledges
+    nothing (the broker keeps every message), waits until the database answers, and then
+    stores everything once."""
+    if connection.vendor != "postgresql":
+        pytest.skip("refuses connections (ALTER DATABASE ... ALLOW_CONNECTIONS): PostgreSQL only")
+    config = receiving()
+    running = consume(config)
+    wait_for(lambda: any("consuming queue" in line for line in running.lines), 20,
+             "the consumer to start")
+    name = connection.ops.quote_name(connection.settings_dict["NAME"])
+
+    def allow(yes: bool) -> None:
+        # From the server's maintenance database: a database cannot refuse its own session.
+        with connection._nodb_cursor() as cursor:
+            cursor.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS {'true' if yes else 'false'}")
+        if not yes:  # every session but the test's own
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                               "datname = current_database() AND pid <> pg_backend_pid()")
+
+    allow(False)
+    try:
+        for n in range(30):
+            cap_publish(peer, config.exchange, f"65{n:02d}", n=n)
+        wait_for(lambda: any("still does not answer" in line for line in running.lines), 30,
+                 "the consumer to find the database down", lambda: "\n".join(running.lines))
+        # Nothing was acknowledged: the broker holds all 30 again (closing the channel gave
+        # the unacknowledged batch back).
+        wait_for(lambda: queue_depth(peer, config.queue) == 30, 10, "30 messages in the queue")
+        assert stored() == 0
+    finally:
+        allow(True)
+    wait_for(lambda: stored() == 30, 60, "every message", lambda: "\n".join(running.lines))
+    totals = running.stop()
+    assert any("the database answers again" in line for line in running.lines)
+    assert queue_depth(peer, config.queue) == 0 and totals.stored == 30
+
+
 def test_a_message_the_database_refuses_goes_to_the_dead_letter_exchange(
         receiving: Callable[..., Any], peer: Any, consume: Callable[[Any], Running],
         unique: Callable[[str], str], refuse: Any) -> None:
