@@ -238,19 +238,22 @@ def test_a_database_that_does_not_answer_gets_nothing_acknowledged_until_it_is_b
     running = consume(config)
     wait_for(lambda: any("consuming queue" in line for line in running.lines), 20,
              "the consumer to start")
-    name = connection.ops.quote_name(connection.settings_dict["NAME"])
+    database = connection.settings_dict["NAME"]
+    with connection.cursor() as cursor:  # the test's own session stays, to look
+        cursor.execute("SELECT pg_backend_pid()")
+        (mine,) = cursor.fetchone()
 
     def allow(yes: bool) -> None:
         # From the server's maintenance database: a database cannot refuse its own session.
         with connection._nodb_cursor() as cursor:
-            cursor.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS {'true' if yes else 'false'}")
-        if not yes:  # every session but the test's own
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                               "datname = current_database() AND pid <> pg_backend_pid()")
+            cursor.execute(f"ALTER DATABASE {connection.ops.quote_name(database)} "
+                           f"ALLOW_CONNECTIONS {'true' if yes else 'false'}")
+            if not yes:
+                cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               "WHERE datname = %s AND pid <> %s", [database, mine])
 
-    allow(False)
     try:
+        allow(False)
         for n in range(30):
             cap_publish(peer, config.exchange, f"65{n:02d}", n=n)
         wait_for(lambda: any("still does not answer" in line for line in running.lines), 30,
