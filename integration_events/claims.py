@@ -37,6 +37,7 @@ from django.utils.module_loading import import_string
 from . import journal
 from .conf import IntegrationEventsSettings, get_settings
 from .models import ACTIVE_STATUSES, M, MessageQuerySet, MessageStatus, ReceivedMessage, after
+from .registry import group_claim_sizes
 
 # error_type of a row whose worker stopped renewing its claim: it might kill its worker
 # again, so it is claimed alone and cannot cost its neighbours attempts a second time.
@@ -94,9 +95,18 @@ class OldestFirst:
     ``group`` only, if given (an extra claimer's, integration_events.extra_claimers)."""
 
     group: str | None = None  # subclasses that do not call __init__ claim every group
-    # Whether this thread's last claim came back full (left_behind); per thread, since one
-    # strategy object serves every thread of a process.
+    # This thread's last select: whether it came back full, and its limit (left_behind); per
+    # thread, since one strategy object serves every thread of a process.
     _last = threading.local()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass with a select of its own may not honour ``group`` or record what
+        ``left_behind`` reads: unless it defines both of those too, it gets no extra
+        claimers (the engine looks for them with getattr)."""
+        super().__init_subclass__(**kwargs)
+        if "select" in cls.__dict__ and not {"for_group", "left_behind"} <= set(cls.__dict__):
+            cls.for_group = None  # type: ignore[assignment,method-assign]
+            cls.left_behind = None  # type: ignore[assignment,method-assign]
 
     def __init__(self, group: str | None = None) -> None:
         self.group = group
@@ -104,7 +114,8 @@ class OldestFirst:
     def select(self, qs: MessageQuerySet[Any], limit: int, *, skip_locked: bool) -> list[Any]:
         pks: list[Any] = []
         one = {"group": self.group} if self.group is not None else {}
-        OldestFirst._last.full = False
+        last = OldestFirst._last
+        last.full, last.limit = False, limit
         # One query per status, each an ordered range of the (status, next_attempt_at) index:
         # with "status IN (...)" InnoDB sorts, and a locking read that sorts locks every due
         # row, which would leave nothing for the other claimers to skip to.
@@ -116,13 +127,18 @@ class OldestFirst:
                     return pks or [pk]
                 pks.append(pk)
             if len(pks) >= limit:
-                OldestFirst._last.full = True
+                last.full = True
                 break
         return pks
 
     def left_behind(self, group: str, taken: int) -> bool:
-        """A claim that came back full may have left rows of each group it took behind."""
-        return taken > 0 and getattr(OldestFirst._last, "full", False)
+        """The last claim came back full, and the group had all of it or its claim size (a
+        group with a few rows in a claim full of others' is not taken for a backlog)."""
+        last = OldestFirst._last
+        if not getattr(last, "full", False):
+            return False
+        size = group_claim_sizes().get(group, last.limit)
+        return taken >= min(size, last.limit)
 
     def for_group(self, group: str) -> OldestFirst:
         """This strategy for one group's rows (a copy sharing what it has learnt)."""

@@ -5,15 +5,14 @@ select, loading the rows, the UPDATE of their outcomes, the commit) and for the 
 confirms. A worker that claims one batch at a time waits through all of it, and the next
 batch's claim, load and encoding wait behind the confirms of the one before. A locked-claim
 batch group that asks for more (``Subscription.claimers``; a bridge's SENDERS, 2 by default)
-gets, while a worker task runs and the group has a backlog (a pass ran as many of its rows
-as its claim size), up to ``claimers - 1`` threads beside the task's own. Each claims only
-that group's rows (the claim strategy's ``for_group``) through an Executor, a database
-connection and a claim journal connection of its own, pass after pass while its claims leave
-rows of the group behind (the strategy's ``left_behind``: a FairShare claim shrunk by a slow
-broker counts); it ends when one does not, when the task's time is up, or when the task
-stops. Each claim's
-transaction locks its rows (SKIP LOCKED), so no two claimers take the same row, and the rest
-of a claim (the journal, the attempts, the outcomes) is what it is in the task's thread.
+gets, while a worker task runs and the group has a backlog (a pass took all of its rows the
+claim strategy would give it: the strategy's ``left_behind``), up to ``claimers - 1``
+threads beside the task's own. Each claims only that group's rows (the strategy's
+``for_group``) through an Executor, a database connection and a claim journal connection of
+its own, pass after pass while its claims leave rows of the group behind; it ends when one
+does not, when the task's time is up, or when the task stops. Each claim's transaction locks
+its rows (SKIP LOCKED), so no two claimers take the same row, and the rest of a claim (the
+journal, the attempts, the outcomes) is what it is in the task's thread.
 The task's thread goes on claiming every group; before it ends it waits for its extra
 claimers, and their figures count in its own.
 
@@ -66,11 +65,16 @@ def backing_off(using: str, group: str) -> float:
 
 
 def _failed_once_more(using: str, group: str) -> float:
+    """Count a failure and return the group's wait; claimers that fail together (several
+    SENDERS, one broken database) count once."""
     with _failed_lock:
-        count = _failed.get((using, group), (0, 0.0))[0] + 1
+        count, until = _failed.get((using, group), (0, 0.0))
+        now = time.monotonic()
+        if until > now:
+            return until - now
         first, most = FAILURE_BACKOFF
-        wait = min(most, first * 2 ** (count - 1))
-        _failed[(using, group)] = (count, time.monotonic() + wait)
+        wait = min(most, first * 2 ** count)
+        _failed[(using, group)] = (count + 1, now + wait)
     return wait
 
 
@@ -126,7 +130,7 @@ class ExtraClaimers:
 
     def close(self, *, stop: bool) -> PassStats:
         """Wait for the claimers (``stop``: each ends after its current batch, else they go
-        on while their claims come back full) and return what they did. Interrupted while
+        on while their claims leave rows behind) and return what they did. Interrupted while
         waiting (a stop exception), it tells them to stop before it lets the exception on."""
         if stop:
             self._stop.set()
@@ -145,11 +149,11 @@ class ExtraClaimers:
             return PassStats().add(self.stats)
 
     def _run(self, group: str) -> None:
-        executor = Executor(self.using, self.claimer, self.for_group(group),
-                            Failures(self.using, self.hooks), self.hooks,
-                            stop_exceptions=self.stop_exceptions, clock=self.clock)
-        limit = group_claim_sizes().get(group) or get_settings().CLAIM_BATCH_SIZE
         try:
+            executor = Executor(self.using, self.claimer, self.for_group(group),
+                                Failures(self.using, self.hooks), self.hooks,
+                                stop_exceptions=self.stop_exceptions, clock=self.clock)
+            limit = group_claim_sizes().get(group) or get_settings().CLAIM_BATCH_SIZE
             while not self._stop.is_set() and self.clock() < self.deadline:
                 stats, _ = executor.run(limit, until=self.deadline)
                 with self._lock:

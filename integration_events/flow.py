@@ -5,7 +5,8 @@ what it costs is in docs/flow-control.md; in short:
 
 - **Fair.** While there is a backlog (more due rows than a claim takes), a pass gives each
   group with due rows about EXECUTE_BATCH_SECONDS of work: ``share = EXECUTE_BATCH_SECONDS /
-  the group's recent seconds per handler`` rows, fast groups first. Groups the oldest rows
+  the group's recent seconds per handler`` rows, fast groups first (a batch group's time is
+  fitted as a fixed cost per batch plus a cost per row: ``_Line``). Groups the oldest rows
   do not show are looked up one by one on the (group, status, next_attempt_at) index. Each
   group also has that much time per pass: a unit of a group that has used it goes back
   unstarted. Retries go before new rows within a group.
@@ -81,6 +82,8 @@ class _Shares:
         self.strategy, self.limit, self.sizes = strategy, limit, sizes
         self.rooms: dict[str, int] = {}
         self.spare = MAX_ROWS_PER_STATEMENT - limit
+        # Sized groups that got less than their room because the statement's room ran out.
+        self.squeezed: set[str] = set()
 
     def room(self, group: str) -> int:
         found = self.rooms.get(group)
@@ -96,12 +99,17 @@ class _Shares:
 
     def cut_short(self, group: str, taken: int) -> bool:
         """Whether ``group`` holding ``taken`` rows got all it could (more may be due)."""
-        return taken >= self.room(group) or (group in self.sizes and self.spare <= 0)
+        return taken >= self.room(group) or group in self.squeezed
 
     def want(self, group: str, have: int) -> int:
         """How many more rows ``group`` may take, holding ``have``."""
         more = self.room(group) - have
-        return more if group not in self.sizes else min(more, self.spare)
+        if group not in self.sizes:
+            return more
+        if more > self.spare:
+            self.squeezed.add(group)
+            return self.spare
+        return more
 
     def spent(self, rows: int) -> None:
         """``rows`` more rows of sized groups are taken."""
@@ -126,36 +134,44 @@ class _Line:
     """A batch group's seconds per batch as ``fixed + per_row * rows``, fitted over its
     recent batches (least squares, exponentially weighted): a fixed cost per batch (a
     broker's confirm round trip) taken for a cost per row would shrink the group's claims
-    until each held one row, every batch costing about as much as a full one."""
+    until each held one row, every batch costing about as much as a full one.
 
-    __slots__ = ("weight", "rows", "seconds", "rows2", "product", "per_row")
+    The sums are one tuple, replaced at once: the task's thread and an extra claimer's
+    observe the same group (a lost update only weighs one batch less)."""
+
+    __slots__ = ("sums", "per_row")
 
     def __init__(self) -> None:
-        self.weight = self.rows = self.seconds = self.rows2 = self.product = 0.0
+        # Exponentially weighted: weight, rows, seconds, rows², rows x seconds.
+        self.sums = (0.0, 0.0, 0.0, 0.0, 0.0)
         self.per_row: float | None = None  # the last slope fitted
 
     def add(self, rows: int, seconds: float) -> None:
-        keep = 1 - EWMA_ALPHA
-        self.weight = keep * self.weight + EWMA_ALPHA
-        self.rows = keep * self.rows + EWMA_ALPHA * rows
-        self.seconds = keep * self.seconds + EWMA_ALPHA * seconds
-        self.rows2 = keep * self.rows2 + EWMA_ALPHA * rows * rows
-        self.product = keep * self.product + EWMA_ALPHA * rows * seconds
-        mean_rows, mean_seconds = self.rows / self.weight, self.seconds / self.weight
-        spread = self.rows2 / self.weight - mean_rows ** 2
-        if spread >= (0.1 * mean_rows) ** 2:  # batches of different sizes: a slope to fit
-            self.per_row = (self.product / self.weight - mean_rows * mean_seconds) / spread
+        keep, new = 1 - EWMA_ALPHA, EWMA_ALPHA
+        weight, n, t, nn, nt = (keep * old + new * value for old, value in zip(
+            self.sums, (1.0, rows, seconds, rows * rows, rows * seconds), strict=True))
+        self.sums = (weight, n, t, nn, nt)
+        mean_rows, mean_seconds = n / weight, t / weight
+        spread = nn / weight - mean_rows ** 2
+        # Batches of sizes that differ by a tenth or more: a slope to fit (until then, and
+        # while batches keep one size, the last slope holds).
+        if spread >= (0.1 * mean_rows) ** 2:
+            self.per_row = (nt / weight - mean_rows * mean_seconds) / spread
 
     def rows_within(self, budget: float, limit: int) -> int | None:
-        """How many rows one batch can take within ``budget`` seconds (at most ``limit``);
-        None while no slope is known. The fixed cost is re-read at the current sizes, so a
-        slower or faster broker counts at once."""
-        if self.per_row is None or not self.weight:
+        """How many rows a batch takes (at most ``limit``): what fits in ``budget`` seconds
+        after the fixed cost, but never so few that the fixed cost is more than half of the
+        batch's time (a smaller batch would cost throughput and save little time). None while
+        no slope is known. The fixed cost is read at the current sizes, so a slower or faster
+        broker counts at once."""
+        weight, n, t, _, _ = self.sums
+        if self.per_row is None or not weight:
             return None
-        fixed = (self.seconds - self.per_row * self.rows) / self.weight
-        if self.per_row <= 0 or fixed >= budget:
-            return limit  # a smaller batch would save no time, only cost throughput
-        return max(1, min(limit, int((budget - fixed) / self.per_row)))
+        if self.per_row <= 0:
+            return limit  # the size makes no difference
+        fixed = (t - self.per_row * n) / weight
+        rows = max(budget - fixed, fixed) / self.per_row
+        return max(1, min(limit, int(rows)))
 
 
 class FairShare(OldestFirst):
@@ -227,6 +243,13 @@ class FairShare(OldestFirst):
                      pending={pk for pk, _g, _k, status in window if status == PENDING})
         self._look_up_others(qs, taken, shares, full, limits, now, skip_locked)
         return shares.pick(taken)
+
+    def for_group(self, group: str) -> FairShare:
+        """This strategy for one group's rows (``select``'s group-only path), sharing what
+        it learns of the groups' costs."""
+        one = super().for_group(group)
+        assert isinstance(one, FairShare)
+        return one
 
     def left_behind(self, group: str, taken: int) -> bool:
         """Whether this thread's last claim gave ``group`` all the rows it could (so it may

@@ -65,8 +65,9 @@ class Instrumentation:
 
     def pass_finished(self) -> None:
         """After each execution pass of a worker (a claim's handlers run and their outcomes
-        written), in any process (a cluster's task, ``deliver_pending``, a management
-        command): hand on what was kept back to be handed on together, e.g. spans to end."""
+        written), in the thread that ran it (a cluster's task, an extra claimer's thread,
+        ``deliver_pending``, a management command): hand on what was kept back to be handed
+        on together, e.g. spans to end."""
 
     def process_started(self) -> None:
         """In a new worker process of the cluster, before its first task (django-q2's

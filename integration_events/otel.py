@@ -78,6 +78,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
                    300.0, 900.0, 3600.0)
 # Histogram points handed to the SDK together (OpenTelemetry.point).
 POINTS_BATCH = 64
+# Nanoseconds a process span's end may wait for the pass's others (OpenTelemetry.end_later).
+ENDS_WAIT_NS = 100_000_000
 # Without an SDK, how often to look whether one has been set up since.
 RECHECK_SECONDS = 1.0
 
@@ -239,13 +241,19 @@ class OpenTelemetry(Instrumentation):
             self.flush_points()
 
     def end_later(self, span: Any) -> None:
-        """End ``span`` as of now, when the pass is over (pass_finished) or POINTS_BATCH
-        spans wait, whichever comes first: ending a span hands a copy of it to the span
-        processor, which like record() runs much faster back to back than between handler
-        runs. Its end time is now's; it is no longer current."""
+        """End ``span`` as of now, together with the other spans of the pass: when the pass
+        is over (pass_finished), when POINTS_BATCH wait, or before a handler starts once
+        the first has waited ENDS_WAIT_NS (end_overdue), whichever comes first. Ending a span
+        hands a copy of it to the span processor, which like record() runs much faster back
+        to back than between handler runs. Its end time is now's; it is no longer current."""
         ends = self._ends
         ends.append((span, time.time_ns()))
         if len(ends) >= POINTS_BATCH:
+            self.end_spans()
+
+    def end_overdue(self) -> None:
+        ends = self._ends
+        if ends and time.time_ns() - ends[0][1] >= ENDS_WAIT_NS:
             self.end_spans()
 
     def end_spans(self) -> None:
@@ -405,6 +413,8 @@ class _ProcessSpan:
     def __enter__(self) -> None:
         owner, delivery = self.owner, self.delivery
         ctx = delivery.context
+        if self.tracing:
+            owner.end_overdue()
         if self.metering and ctx.attempt == 1:
             created = delivery.message.created_at
             if isinstance(created, datetime):

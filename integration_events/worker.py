@@ -117,11 +117,14 @@ class Worker:
         try:
             with self._extra_claimers(total):
                 for _ in range(max_passes):
+                    # Asked before the pass: a claimer that ends during it may leave rows due
+                    # that the pass did not see (the next row of a key it held).
+                    busy = self._extra is not None and self._extra.busy()
                     stats = self.run_once()
                     total.add(stats)
                     if stats.total:
                         continue
-                    if self._extra is None or not self._extra.busy():
+                    if not busy:
                         break
                     time.sleep(min(get_settings().POLL_INTERVAL, 0.02))
         finally:

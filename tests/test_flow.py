@@ -358,11 +358,12 @@ def test_the_sized_groups_add_at_most_what_one_in_list_holds(sized, settings) ->
     original = flow.MAX_ROWS_PER_STATEMENT
     flow.MAX_ROWS_PER_STATEMENT = 5 + 12  # CLAIM_BATCH_SIZE 5 + 12 of the sized group
     try:
-        taken = claim(ReceivedMessage, "default", 5, "test", FairShare(clock=Clock()),
-                      count_attempt=False)
+        strategy = FairShare(clock=Clock())
+        taken = claim(ReceivedMessage, "default", 5, "test", strategy, count_attempt=False)
     finally:
         flow.MAX_ROWS_PER_STATEMENT = original
     assert sum(1 for r in taken if r.group == SIZED) == 12
+    assert strategy.left_behind(SIZED, 12)  # the statement's room cut it short
 
 
 @pytest.mark.django_db(transaction=True)
@@ -401,3 +402,30 @@ def test_a_fixed_cost_per_batch_does_not_shrink_a_batch_groups_claims() -> None:
     both.observe(group, 0.5, 30, batch=True)
     assert both.share(group, 200) == pytest.approx(80, abs=1)
     assert both.current.budget == budget
+    # Just under the budget, the fixed part does not shrink the batch to a row: never so
+    # few rows that it is more than half of a batch's time (0.99 s -> 99 rows of 10 ms).
+    near = FairShare(clock=Clock())
+    near.observe(group, 0.99 + 0.5, 50, batch=True)
+    near.observe(group, 0.99 + 0.3, 30, batch=True)
+    assert near.share(group, 200) == pytest.approx(99, abs=1)
+    assert near.share(group, 50) == 50
+
+
+def test_a_strategy_with_its_own_select_gets_extra_claimers_only_if_it_says_how() -> None:
+    from integration_events.claims import OldestFirst
+
+    class Mine(OldestFirst):
+        def select(self, qs, limit, *, skip_locked):  # type: ignore[no-untyped-def]
+            return []
+
+    class Complete(Mine):
+        def for_group(self, group: str) -> Complete:
+            return self
+
+        def left_behind(self, group: str, taken: int) -> bool:
+            return False
+
+    assert Mine().for_group is None and Mine().left_behind is None
+    assert callable(Complete().for_group) and callable(Complete().left_behind)
+    assert callable(FairShare().for_group) and callable(FairShare().left_behind)
+    assert callable(OldestFirst().for_group)

@@ -91,6 +91,19 @@ def test_process_spans_end_when_their_handler_returns_and_go_out_with_the_pass(
     assert otel.instrument._ends == deque()
 
 
+def test_a_span_waits_for_the_pass_at_most_100_ms_before_the_next_handler_starts(
+        otel: Telemetry) -> None:
+    import time
+
+    span = otel.tracer.start_span("process probe")
+    otel.instrument.end_later(span)
+    otel.instrument.end_overdue()  # a handler starts at once: the span still waits
+    assert otel.finished("process") == [] and span.end_time is None
+    time.sleep(0.11)
+    otel.instrument.end_overdue()  # one starts after 110 ms: it goes to the processor
+    assert [s.name for s in otel.finished("process")] == ["process probe"]
+
+
 def test_an_event_published_by_a_handler_continues_the_trace(otel: Telemetry) -> None:
     with override_settings(INTEGRATION_EVENTS={
             "MAX_HOPS": 2, "INSTRUMENTATION": otel_support.INSTRUMENTATION}):
