@@ -82,7 +82,10 @@ class _Shares:
         self.strategy, self.limit, self.sizes = strategy, limit, sizes
         self.rooms: dict[str, int] = {}
         self.spare = MAX_ROWS_PER_STATEMENT - limit
-        # Sized groups that got less than their room because the statement's room ran out.
+        # Sized groups asked for less than their room because the statement's room ran out
+        # (capped), and of those the ones whose lookup found all it asked for (squeezed: more
+        # may be due).
+        self.capped: set[str] = set()
         self.squeezed: set[str] = set()
 
     def room(self, group: str) -> int:
@@ -107,9 +110,14 @@ class _Shares:
         if group not in self.sizes:
             return more
         if more > self.spare:
-            self.squeezed.add(group)
-            return self.spare
+            self.capped.add(group)
+            return max(0, self.spare)
         return more
+
+    def took(self, group: str, asked: int, got: int) -> None:
+        """A lookup of ``group`` asked for ``asked`` rows (want) and found ``got``."""
+        if group in self.capped and got >= asked:
+            self.squeezed.add(group)
 
     def spent(self, rows: int) -> None:
         """``rows`` more rows of sized groups are taken."""
@@ -267,11 +275,13 @@ class FairShare(OldestFirst):
         (the lookup reads pending rows only) and leaves those out."""
         for group in [g for g in taken if g in shares.sizes]:
             want = shares.want(group, len(taken[group]))
+            more = []
             if want > 0:
                 have = [pk for pk in taken[group] if pk in pending]
                 more = self._group_rows(qs, group, want, skip_locked, have=have)
                 taken[group] += more
                 shares.spent(len(more))
+            shares.took(group, want, len(more))
 
     def _look_up_others(self, qs: MessageQuerySet[Any], taken: dict[str, list[Any]],
                         shares: _Shares, full: set[str], limits: dict[str, GroupLimits],
@@ -292,6 +302,7 @@ class FairShare(OldestFirst):
             rows = self._group_rows(qs, group, want, skip_locked)
             if group in shares.sizes:
                 shares.spent(len(rows))
+                shares.took(group, want, len(rows))
             if rows:
                 taken[group] = rows
             else:

@@ -252,8 +252,11 @@ class OpenTelemetry(Instrumentation):
             self.end_spans()
 
     def end_overdue(self) -> None:
-        ends = self._ends
-        if ends and time.time_ns() - ends[0][1] >= ENDS_WAIT_NS:
+        try:
+            first = self._ends[0][1]
+        except IndexError:  # none waits (or another thread has just ended them)
+            return
+        if time.time_ns() - first >= ENDS_WAIT_NS:
             self.end_spans()
 
     def end_spans(self) -> None:

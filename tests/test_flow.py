@@ -429,3 +429,42 @@ def test_a_strategy_with_its_own_select_gets_extra_claimers_only_if_it_says_how(
     assert callable(Complete().for_group) and callable(Complete().left_behind)
     assert callable(FairShare().for_group) and callable(FairShare().left_behind)
     assert callable(OldestFirst().for_group)
+
+
+def test_oldest_first_takes_a_full_claim_for_a_backlog_only_of_the_groups_that_filled_it(
+        sized) -> None:
+    from integration_events.claims import OldestFirst
+
+    publish_many([LonelyHappened(n=n) for n in range(3)])  # 3 rows of the sized group
+    publish_many([Paced(n=n) for n in range(20)])  # then 20 of another
+    Worker(keep_leases=False).dispatch_batch(limit=50)
+    strategy = OldestFirst()
+    taken = claim(ReceivedMessage, "default", 10, "test", strategy, count_attempt=False)
+    mine = sum(1 for r in taken if r.group == SIZED)
+    assert len(taken) == 10 and mine == 3
+    # Full, but the sized group had 3 of 10 (not the claim, nor its size): no backlog of it.
+    assert not strategy.left_behind(SIZED, mine)
+    assert not strategy.left_behind("paced-slow", 7)  # 7 of 10 either
+    one = strategy.for_group(SIZED)
+    assert not one.left_behind(SIZED, 0)  # its own claim has not run yet in this thread
+    publish_many([LonelyHappened(n=n) for n in range(20)])
+    Worker(keep_leases=False).dispatch_batch(limit=50)
+    rest = claim(ReceivedMessage, "default", 10, "test", one, count_attempt=False)
+    assert {r.group for r in rest} == {SIZED} and one.left_behind(SIZED, len(rest))
+
+
+def test_a_sized_group_with_all_its_rows_in_hand_is_not_cut_short(sized) -> None:
+    # The statement's room ran out (spare 0) only after the group had all its due rows.
+    from integration_events import flow
+
+    publish_many([LonelyHappened(n=n) for n in range(8)])
+    backlog(slow=10, fast=0)
+    original = flow.MAX_ROWS_PER_STATEMENT
+    flow.MAX_ROWS_PER_STATEMENT = 5 + 12  # room for 12 rows of the sized group: it has 8
+    try:
+        strategy = FairShare(clock=Clock())
+        taken = claim(ReceivedMessage, "default", 5, "test", strategy, count_attempt=False)
+    finally:
+        flow.MAX_ROWS_PER_STATEMENT = original
+    assert sum(1 for r in taken if r.group == SIZED) == 8
+    assert not strategy.left_behind(SIZED, 8)

@@ -340,3 +340,23 @@ def test_a_task_whose_time_ends_mid_batch_waits_for_its_claimers_batches(
     assert set(rows.exclude(status=MessageStatus.SUCCEEDED)
                .values_list("status", "attempts")) == {(MessageStatus.PENDING, 0)}
     sent_once(peer, out.queue, done.count())
+
+
+def test_a_claimer_that_cannot_even_start_its_claim_ends_and_backs_off(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from integration_events.instrumentation import Hooks
+
+    def broken(group: str) -> Any:
+        raise RuntimeError("injected: no strategy for the group")
+
+    claimers = ExtraClaimers("default", "test", broken, Hooks(), clock=time.monotonic)
+    with caplog.at_level(logging.ERROR, "integration_events"):
+        claimers.offer({"g"}, {"g": 2})
+        stats = claimers.close(stop=False)
+    assert stats.total == 0 and not claimers.busy()  # it was counted out: nothing waits on it
+    assert "extra claimer failed" in caplog.text and "injected" in caplog.text
+    assert extra_claimers.backing_off("default", "g") > 0
+    claimers = ExtraClaimers("default", "test", broken, Hooks(), clock=time.monotonic)
+    claimers.offer({"g"}, {"g": 2})  # backing off: no thread
+    assert not claimers.busy() and claimer_threads() == []
+    claimers.close(stop=False)
