@@ -149,6 +149,9 @@ def outage_run(url: str, unique: Callable[[str], str], peer: Any, cluster: Calla
     return sender.log_path.read_text(errors="replace")
 
 
+@pytest.mark.skipif(connection.vendor == "mysql",
+                    reason="a broker outage: the PostgreSQL run covers locked claims and the "
+                           "SQLite run leased ones")
 def test_every_connection_closed_during_2000_events_loses_and_fails_nothing(
         url: str, unique: Callable[[str], str], peer: Any, cluster: Callable[..., Any],
         vhost: str) -> None:
