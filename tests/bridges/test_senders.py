@@ -247,10 +247,11 @@ def test_a_slow_broker_still_gets_its_extra_claimer_when_fair_share_shrinks_its_
     mine = [n for name, *_, n in BatchTimes.seen if name == threading.current_thread().name]
     assert mine[0] < BATCH, BatchTimes.seen  # the claims did shrink
     assert len({name for name, *_ in BatchTimes.seen}) == 2, BatchTimes.seen
-    if per_row:  # about EXECUTE_BATCH_SECONDS / PER_ROW rows each (the last takes the rest)
-        assert max(mine[:-1]) <= 30, BatchTimes.seen
+    if per_row:  # about EXECUTE_BATCH_SECONDS / PER_ROW rows each (once the few rows left
+        # are all in hand, a claim takes them all: the tail's batches can be larger)
+        assert sorted(mine)[len(mine) // 2] <= 30, BatchTimes.seen
     else:  # a smaller batch saves no time: once FairShare has seen that, full batches again
-        assert max(mine[:-1]) == BATCH, BatchTimes.seen
+        assert BATCH in mine[1:], BatchTimes.seen
 
 
 def claimer_threads() -> list[threading.Thread]:
