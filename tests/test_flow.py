@@ -350,18 +350,21 @@ def test_a_sized_group_claims_its_size_and_locks_no_row_it_does_not_take(sized) 
     assert seen == {"taken": 30, "locked": 30}
 
 
-def test_the_sized_groups_add_at_most_what_one_in_list_holds(sized, settings) -> None:
+def claim_in_a_small_statement(monkeypatch) -> tuple[FairShare, list]:
+    """A FairShare claim of 5 rows where one statement holds 5 + 12: room for 12 of the sized
+    group beside them."""
     from integration_events import flow
 
+    monkeypatch.setattr(flow, "MAX_ROWS_PER_STATEMENT", 5 + 12)
+    strategy = FairShare(clock=Clock())
+    return strategy, list(claim(ReceivedMessage, "default", 5, "test", strategy,
+                                count_attempt=False))
+
+
+def test_the_sized_groups_add_at_most_what_one_in_list_holds(sized, monkeypatch) -> None:
     publish_many([LonelyHappened(n=n) for n in range(40)])
     Worker(keep_leases=False).dispatch_batch()
-    original = flow.MAX_ROWS_PER_STATEMENT
-    flow.MAX_ROWS_PER_STATEMENT = 5 + 12  # CLAIM_BATCH_SIZE 5 + 12 of the sized group
-    try:
-        strategy = FairShare(clock=Clock())
-        taken = claim(ReceivedMessage, "default", 5, "test", strategy, count_attempt=False)
-    finally:
-        flow.MAX_ROWS_PER_STATEMENT = original
+    strategy, taken = claim_in_a_small_statement(monkeypatch)
     assert sum(1 for r in taken if r.group == SIZED) == 12
     assert strategy.left_behind(SIZED, 12)  # the statement's room cut it short
 
@@ -453,18 +456,10 @@ def test_oldest_first_takes_a_full_claim_for_a_backlog_only_of_the_groups_that_f
     assert {r.group for r in rest} == {SIZED} and one.left_behind(SIZED, len(rest))
 
 
-def test_a_sized_group_with_all_its_rows_in_hand_is_not_cut_short(sized) -> None:
+def test_a_sized_group_with_all_its_rows_in_hand_is_not_cut_short(sized, monkeypatch) -> None:
     # The statement's room ran out (spare 0) only after the group had all its due rows.
-    from integration_events import flow
-
     publish_many([LonelyHappened(n=n) for n in range(8)])
     backlog(slow=10, fast=0)
-    original = flow.MAX_ROWS_PER_STATEMENT
-    flow.MAX_ROWS_PER_STATEMENT = 5 + 12  # room for 12 rows of the sized group: it has 8
-    try:
-        strategy = FairShare(clock=Clock())
-        taken = claim(ReceivedMessage, "default", 5, "test", strategy, count_attempt=False)
-    finally:
-        flow.MAX_ROWS_PER_STATEMENT = original
+    strategy, taken = claim_in_a_small_statement(monkeypatch)  # room for 12: it has 8
     assert sum(1 for r in taken if r.group == SIZED) == 8
     assert not strategy.left_behind(SIZED, 8)
