@@ -85,8 +85,6 @@ class Executor:
         """Claim up to ``limit`` due rows and run them; no handler starts after ``until``
         (``clock()`` time), and what did not start goes back at once. Returns the stats and
         whether the claim came back full. The hooks hear when the pass is over."""
-        if not self.hooks.active:
-            return self._run(limit, until)
         try:
             return self._run(limit, until)
         finally:

@@ -20,9 +20,9 @@ Only where locked claims run (PostgreSQL, MariaDB; groups without a rate or conc
 limit), and never inside a caller's transaction (a test's: other connections would not see
 its rows). A claimer that fails logs why and ends; its claim's transaction was rolled back,
 so its rows are due again, their attempt counted by the claim journal as for a worker that
-died. The group then gets no extra claimer in this process for FAILURE_BACKOFF's first
-seconds, twice as long after each further failure in a row (up to its second); a claimer
-that ends well clears that.
+died. The group then gets no extra claimer in this process for FAILURE_BACKOFF's delay
+(1 s, twice as long after each further failure in a row, at most a minute); a claimer that
+ends well clears that.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from .failures import Failures
 from .instrumentation import Hooks
 from .outcomes import PassStats
 from .registry import group_claim_sizes
+from .retry import RetryStrategy
 from .rules import STOP_EXCEPTIONS
 
 logger = logging.getLogger("integration_events")
@@ -49,8 +50,9 @@ logger = logging.getLogger("integration_events")
 # How long the task waits for an extra claimer to end its batch before it goes on without it
 # (a claim that hangs loses its locks after LEASE_SECONDS anyway; see claims._idle_timeout).
 JOIN_GRACE = 5.0
-# No extra claimer for a group whose last one failed, for (first, at most) seconds.
-FAILURE_BACKOFF = (1.0, 60.0)
+# How long a group whose extra claimer failed gets none (the engine's capped exponential
+# backoff, without jitter: a wait per failure in a row).
+FAILURE_BACKOFF = RetryStrategy(base_delay=1.0, max_delay=60.0, jitter=0.0)
 
 # (alias, group) -> (failures in a row, no extra claimer before this time.monotonic()).
 _failed: dict[tuple[str, str], tuple[int, float]] = {}
@@ -72,8 +74,7 @@ def _failed_once_more(using: str, group: str) -> float:
         now = time.monotonic()
         if until > now:
             return until - now
-        first, most = FAILURE_BACKOFF
-        wait = min(most, first * 2 ** count)
+        wait = FAILURE_BACKOFF.delay(count + 1)
         _failed[(using, group)] = (count + 1, now + wait)
     return wait
 

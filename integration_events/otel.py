@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from functools import partial
@@ -260,25 +260,13 @@ class OpenTelemetry(Instrumentation):
             self.end_spans()
 
     def end_spans(self) -> None:
-        ends = self._ends
-        while True:
-            try:
-                span, at = ends.popleft()
-            except IndexError:
-                return
-            span.end(at)
+        _drain(self._ends, _end_span)
 
     def pass_finished(self) -> None:
         self.end_spans()
 
     def flush_points(self) -> None:
-        points = self._points
-        while True:
-            try:
-                histogram, value, attributes, context = points.popleft()
-            except IndexError:
-                return
-            histogram.record(value, attributes, context)
+        _drain(self._points, _record_point)
 
     def _observe(self, name: str, options: Any) -> list[Any]:
         self.flush_points()  # the SDK is collecting: the buffered points first
@@ -328,6 +316,26 @@ class OpenTelemetry(Instrumentation):
         counter = _COUNTERS.get(outcome)
         if counter is not None and self.metering():
             self.count(counter, getattr(row, "topic", ""), getattr(row, "group", ""))
+
+
+def _drain(queue: deque[Any], apply: Callable[..., None]) -> None:
+    """``apply(*item)`` to each item of ``queue``, oldest first, until it is empty (other
+    threads may take from it meanwhile: each item is applied once)."""
+    while True:
+        try:
+            item = queue.popleft()
+        except IndexError:
+            return
+        apply(*item)
+
+
+def _end_span(span: Any, at: int) -> None:
+    span.end(at)
+
+
+def _record_point(histogram: Any, value: float, attributes: dict[str, str],
+                  context: Any) -> None:
+    histogram.record(value, attributes, context)
 
 
 _COUNTERS = {Outcome.SUCCEEDED: DELIVERED, Outcome.RETRIED: RETRIED,

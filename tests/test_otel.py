@@ -108,6 +108,16 @@ def test_a_span_waits_for_the_pass_at_most_100_ms_before_the_next_handler_starts
     otel.instrument.end_overdue()  # nothing waits: nothing to do
 
 
+def test_task_finished_ends_the_spans_still_waiting_for_their_pass(otel: Telemetry) -> None:
+    # A cluster's task ends: what waits is handed on before the SDK is flushed (a recycled
+    # worker never runs the SDK's exit handler).
+    span = otel.tracer.start_span("process probe")
+    otel.instrument.end_later(span)
+    assert otel.finished("process") == []
+    otel.instrument.task_finished()
+    assert [s.name for s in otel.finished("process")] == ["process probe"]
+
+
 def test_an_event_published_by_a_handler_continues_the_trace(otel: Telemetry) -> None:
     with override_settings(INTEGRATION_EVENTS={
             "MAX_HOPS": 2, "INSTRUMENTATION": otel_support.INSTRUMENTATION}):

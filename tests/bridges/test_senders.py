@@ -25,6 +25,7 @@ from integration_events.claims import locks_can_expire
 from integration_events.extra_claimers import ExtraClaimers
 from integration_events.instrumentation import Instrumentation
 from integration_events.models import MessageStatus, ReceivedMessage
+from integration_events.retry import RetryStrategy
 from integration_events.worker import Worker
 from tests.eventapp.events import LonelyHappened
 
@@ -163,7 +164,8 @@ def test_no_extra_claimer_inside_a_callers_transaction(
 def test_a_group_whose_extra_claimer_keeps_failing_gets_none_for_a_while(
         bridged: Callable[..., Any], peer: Any, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(extra_claimers, "FAILURE_BACKOFF", (30.0, 60.0))
+    monkeypatch.setattr(extra_claimers, "FAILURE_BACKOFF",
+                        RetryStrategy(base_delay=30.0, max_delay=60.0, jitter=0.0))
     out = bridged(**ALONE)
     with timing(), caplog.at_level(logging.ERROR, "integration_events"):
         BatchTimes.fail_extra = 1000  # every extra claimer's batch fails
