@@ -14,6 +14,12 @@ delivering the same workload (N events x 2 groups) in-process with a Worker:
   with a periodic reader, both exporting to exporters that drop everything, so every span
   and data point is built, processed and aggregated.
 
+With --split, also: the same with each span handed to the processor when it ends; "SDK, a bare
+span only", an instrumentation that is not this library's and does the least any span per
+attempt can (one span with no attributes, parent or link, current while the handler runs,
+nothing else: the floor under any instrumentation that meets the issue); and the SDK's parts
+alone (traces only, traces with no span processor, metrics only).
+
 CPU time (time.process_time: this process's threads, the span processor's included; on SQLite
 the database's work too) is measured instead of wall time, which swings too much on a shared
 machine. Reported: the median per-delivery CPU of each configuration and the median of the
@@ -35,7 +41,10 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -54,7 +63,7 @@ from django.test import override_settings  # noqa: E402
 from tables import empty  # noqa: E402  (bench/tables.py)
 
 from integration_events import publish_many  # noqa: E402
-from integration_events.instrumentation import Hooks  # noqa: E402
+from integration_events.instrumentation import Hooks, Instrumentation  # noqa: E402
 from integration_events.models import PublishedMessage, ReceivedMessage  # noqa: E402
 from integration_events.otel import OpenTelemetry  # noqa: E402
 from integration_events.worker import Worker  # noqa: E402
@@ -111,11 +120,33 @@ def split_configs(full: Hooks) -> dict[str, Hooks]:
 
     return {
         "SDK, spans ended at once": Hooks([EndAtOnce(tracer_provider, meter_provider)]),
+        "SDK, a bare span only": Hooks([BareSpan(tracer_provider)]),
         "SDK traces only": Hooks([OpenTelemetry(tracer_provider, metrics.NoOpMeterProvider())]),
         "SDK traces, no processor": Hooks([OpenTelemetry(TracerProvider(),
                                                          metrics.NoOpMeterProvider())]),
         "SDK metrics only": Hooks([OpenTelemetry(trace.NoOpTracerProvider(), meter_provider)]),
     }
+
+
+class BareSpan(Instrumentation):
+    """The least a span per attempt can be: one span with no attributes, parent or link,
+    current while the handler runs, ended when it returns, and nothing else (no metrics).
+    What any instrumentation that emits a span per attempt costs at the least, end to end."""
+
+    def __init__(self, tracer_provider: Any) -> None:
+        self.tracer = tracer_provider.get_tracer("bench")
+
+    @contextmanager
+    def attempt(self, delivery: Any) -> Iterator[None]:
+        from opentelemetry import context, trace
+
+        span = self.tracer.start_span("process")
+        token = context.attach(trace.set_span_in_context(span))
+        try:
+            yield
+        finally:
+            context.detach(token)
+            span.end()
 
 
 def one_round(hooks: Hooks, events: int) -> float:
@@ -225,9 +256,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--events", type=int, default=500, help="events per round (x 2 groups)")
     parser.add_argument("--split", action="store_true",
-                        help="also spans ended at once (not with the pass's others), and "
-                             "the SDK's parts alone: traces only, traces on a provider with "
-                             "no span processor, metrics only (where the cost goes)")
+                        help="also spans ended at once (not with the pass's others), the "
+                             "least a span per attempt can cost (a bare span, nothing else), "
+                             "and the SDK's parts alone: traces only, traces on a provider "
+                             "with no span processor, metrics only (where the cost goes)")
     args = parser.parse_args()
     from django.test.utils import get_runner, setup_test_environment
 
