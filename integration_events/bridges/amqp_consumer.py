@@ -12,6 +12,7 @@ thread-safe.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -83,12 +84,14 @@ class AmqpConsumer:
                     config.name, safe(config.url), self.queue, config.prefetch)
 
     def fetch(self, *, max_messages: int | None = None, max_wait: float = 0.05,
-              idle_timeout: float = 1.0) -> list[Delivery]:
+              idle_timeout: float = 1.0, stop: threading.Event | None = None,
+              stop_check: float = 0.1) -> list[Delivery]:
         """The next deliveries, at most ``max_messages`` (default: PREFETCH).
 
         Waits up to ``idle_timeout`` seconds for the first (returning [] if none comes, so
-        the caller can look at signals and heartbeats), then up to ``max_wait`` more for
-        the batch to fill. Raises BrokerConnectionLost when the connection goes.
+        the caller can look at signals and heartbeats; or as soon as ``stop`` is set, which
+        it looks at every ``stop_check`` seconds), then up to ``max_wait`` more for the
+        batch to fill. Raises BrokerConnectionLost when the connection goes.
         """
         limit = max_messages or self.config.prefetch
         self._require_open()
@@ -96,9 +99,10 @@ class AmqpConsumer:
             deadline = time.monotonic() + idle_timeout
             while not self._buffer:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (stop is not None and stop.is_set()):
                     return []
-                self._conn.process_data_events(time_limit=remaining)
+                self._conn.process_data_events(
+                    time_limit=remaining if stop is None else min(remaining, stop_check))
             deadline = time.monotonic() + max_wait
             while len(self._buffer) < limit:
                 remaining = deadline - time.monotonic()

@@ -296,3 +296,20 @@ def test_a_message_the_database_refuses_goes_to_the_dead_letter_exchange(
     assert totals.duplicates == 0 and not any("lost the broker" in x for x in running.lines)
     method, properties, _ = peer.basic_get(parked, auto_ack=True)
     assert properties.headers["cap-msg-id"] == "8002"
+
+
+def test_a_stop_while_idle_ends_the_loop_without_waiting_out_the_idle_fetch(
+        receiving: Callable[..., Any], peer: Any, consume: Callable[[Any], Running]) -> None:
+    """SIGTERM (the stop flag) while no message comes: the idle fetch, which waits IDLE_WAIT
+    (1 s) for a first message, looks at the flag every STOP_CHECK (0.1 s)."""
+    from integration_events.bridging.consuming import IDLE_WAIT, STOP_CHECK
+
+    config = receiving()
+    running = consume(config)
+    cap_publish(peer, config.exchange, "9001", n=1)
+    wait_for(lambda: stored() == 1, 20, "the first message")
+    time.sleep(0.2)  # in the idle fetch now
+    started = time.monotonic()
+    running.stop()
+    took = time.monotonic() - started
+    assert took < STOP_CHECK + (IDLE_WAIT - STOP_CHECK) / 2, f"the stop took {took:.2f} s"
