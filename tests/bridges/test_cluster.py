@@ -87,6 +87,7 @@ def test_our_events_reach_the_peer_and_its_messages_run_our_handlers_once(
         "what came in over a bridge is not sent out again"
     receiver.signal(signal.SIGTERM)
     assert receiver.wait(30) == 0
+    sender.kill()  # idle now; a graceful qcluster stop (2-3 s) is other tests' subject
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason=(
@@ -148,6 +149,7 @@ def outage_run(url: str, unique: Callable[[str], str], peer: Any, cluster: Calla
     ids = take_all(url, queue, count, 60)
     assert set(ids) == {str(m.pk) for m in ours}, "every message reached the peer"
     print(f"\n{count} events, {len(ids) - count} duplicates at the peer (de-duplicated by id)")
+    sender.kill()  # idle now; a graceful qcluster stop (2-3 s) is other tests' subject
     return sender.log_path.read_text(errors="replace")
 
 
