@@ -198,7 +198,8 @@ if SERVICE:
         "EXCHANGE": os.environ.get("IE_AMQP_EXCHANGE", "cap.default.router"),
         "SEND": _send,
         "RECEIVE": _receive,
-        "QUEUE": f"{SERVICE}.v1",
+        # (IE_AMQP_QUEUE_PREFIX: queues of their own, e.g. for a test beside a running demo)
+        "QUEUE": os.environ.get("IE_AMQP_QUEUE_PREFIX", "") + f"{SERVICE}.v1",
     }}
 
 AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []

@@ -34,14 +34,15 @@ class Service:
     """One copy of the demo project as the demo script runs it: its own SQLite database,
     var/ and processes."""
 
-    def __init__(self, name: str, home: Path, url: str, exchange: str) -> None:
+    def __init__(self, name: str, home: Path, url: str, exchange: str, queues: str) -> None:
         self.name, self.home = name, home
         home.mkdir(parents=True, exist_ok=True)
         keep = {k: v for k, v in os.environ.items() if not k.startswith(("IE_", "DJANGO_"))}
         self.env = {**keep, "DJANGO_SETTINGS_MODULE": "project.settings", "IE_SERVICE": name,
                     "IE_DB": "sqlite", "IE_VAR_DIR": str(home),
                     "IE_SQLITE_PATH": str(home / "db.sqlite3"), "IE_AMQP_URL": url,
-                    "IE_AMQP_EXCHANGE": exchange, "IE_DEMO_FAULTS": "0",
+                    "IE_AMQP_EXCHANGE": exchange, "IE_AMQP_QUEUE_PREFIX": queues,
+                    "IE_DEMO_FAULTS": "0",
                     "PYTHONUNBUFFERED": "1"}
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
@@ -82,31 +83,43 @@ def test_a_user_deleted_in_one_service_has_their_files_purged_in_the_other_once(
     stores it once."""
     if not (ROOT / ".venv" / "bin" / "python").exists():
         pytest.skip("the demo script runs the project's .venv (scripts/test.sh makes it)")
-    exchange = unique("demo")
+    exchange, queues = unique("demo"), unique("queues") + "."
     # A spy on the exchange keeps a copy of what accounts sends, to send it again later.
     spy = unique("spy")
     peer.exchange_declare(exchange, "topic", durable=True)
     peer.queue_declare(spy)
     peer.queue_bind(spy, exchange, "accounts.user-deleted")
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("IE_", "DJANGO_"))}
+    try:
+        _demo_then_copies(tmp_path, url, exchange, queues, spy, keep)
+    finally:  # the services' queues are this test's own (not the demo's inventory.v1)
+        for service in ("accounts", "inventory"):
+            peer.queue_delete(f"{queues}{service}.v1")
+
+
+def _demo_then_copies(tmp_path: Path, url: str, exchange: str, queues: str, spy: str,
+                      keep: dict[str, str]) -> None:
     done = subprocess.run(
         [str(ROOT / "scripts" / "demo-two-services.sh"), "--once"], cwd=ROOT,
         env={**keep, "IE_VAR_DIR": str(tmp_path), "IE_AMQP_URL": url,
-             "IE_AMQP_EXCHANGE": exchange},
+             "IE_AMQP_EXCHANGE": exchange, "IE_AMQP_QUEUE_PREFIX": queues},
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for line in ("inventory knows user", "accounts knows ada holds the drill",
                  "inventory purged ada's files and checked the drill in",
                  "accounts heard the drill is back", "Two-services demo done."):
         assert line in done.stdout, done.stdout
-    # The demo's own databases and environment (scripts/demo-two-services.sh: run()).
-    accounts, inventory = (Service(name, tmp_path / "two-services" / name, url, exchange)
-                           for name in ("accounts", "inventory"))
+    # The demo's own databases, queues and settings (scripts/demo-two-services.sh: run()).
+    accounts, inventory = (Service(name, tmp_path / "two-services" / name, url, exchange,
+                                   queues) for name in ("accounts", "inventory"))
     # ada is gone from accounts; inventory keeps who she was (deleted_at set).
     user_id = inventory.one("SELECT user_id FROM equipment_knownuser "
                             "WHERE deleted_at IS NOT NULL")
     assert accounts.one("SELECT count(*) FROM auth_user WHERE id=?", user_id) == 0
     assert inventory.one("SELECT count(*) FROM files_storedfile WHERE owner_id=?", user_id) == 0
+    purge = ("SELECT json_extract(content, '$.file_count') FROM "
+             "integration_events_publishedmessage WHERE topic='files.user-files-purged'")
+    assert inventory.one(purge) == 2, "both of ada's files were there, and purged"
     purged = ("SELECT count(*) FROM integration_events_receivedmessage WHERE "
               "topic='accounts.user-deleted' AND \"group\"='files' AND status='succeeded'")
     assert inventory.one(purged) == 1
@@ -124,7 +137,8 @@ def test_a_user_deleted_in_one_service_has_their_files_purged_in_the_other_once(
         consume = inventory.start("integration_events_consume")
         wait_for(lambda: "consuming queue" in inventory.log("integration_events_consume"),
                  60, "inventory's consumer", inventory.logs)
-        wait_for(lambda: "2 duplicates" in _stop_report(consume, inventory), 30,
+        wait_for(lambda: "stopped: 0 stored, 2 duplicates" in _stop_report(consume, inventory),
+                 30,
                  "the copies seen as duplicates", inventory.logs)
     finally:
         inventory.stop()
