@@ -101,8 +101,8 @@ class AmqpConsumer:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (stop is not None and stop.is_set()):
                     return []
-                self._conn.process_data_events(
-                    time_limit=remaining if stop is None else min(remaining, stop_check))
+                self._conn.process_data_events(time_limit=remaining if stop is None else min(
+                    remaining, max(stop_check, 0.01)))
             deadline = time.monotonic() + max_wait
             while len(self._buffer) < limit:
                 remaining = deadline - time.monotonic()
@@ -116,11 +116,13 @@ class AmqpConsumer:
         return [self._buffer.popleft() for _ in range(min(limit, len(self._buffer)))]
 
     def batches(self, *, max_messages: int | None = None, max_wait: float = 0.05,
-                idle_timeout: float = 1.0) -> Iterator[list[Delivery]]:
-        """``fetch`` in a loop: yields each batch, and [] after each idle ``idle_timeout``."""
-        while True:
+                idle_timeout: float = 1.0, stop: threading.Event | None = None
+                ) -> Iterator[list[Delivery]]:
+        """``fetch`` in a loop until ``stop`` is set: yields each batch, and [] after each
+        idle ``idle_timeout``."""
+        while stop is None or not stop.is_set():
             yield self.fetch(max_messages=max_messages, max_wait=max_wait,
-                             idle_timeout=idle_timeout)
+                             idle_timeout=idle_timeout, stop=stop)
 
     def ack_through(self, delivery_tag: int) -> None:
         """Acknowledge every unsettled delivery up to and including ``delivery_tag``."""

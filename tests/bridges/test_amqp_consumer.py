@@ -5,6 +5,8 @@ connection going."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -200,6 +202,19 @@ def test_a_bridge_without_a_queue_cannot_consume(bridge: Callable[..., Any]) -> 
     config = bridge(QUEUE=None)
     with pytest.raises(ValueError, match="no QUEUE"):
         AmqpConsumer(config)
+
+
+def test_an_idle_wait_ends_soon_after_stop_is_set(bridge: Callable[..., Any]) -> None:
+    """The idle wait (5 s here) looks at ``stop`` every ``stop_check``: the stream yields the
+    empty batch it was waiting for and ends."""
+    config = bridge(RECEIVE=TOPICS)
+    stop = threading.Event()
+    with AmqpConsumer(config) as consumer:
+        threading.Timer(0.2, stop.set).start()
+        started = time.monotonic()
+        assert list(consumer.batches(idle_timeout=5.0, stop=stop)) == [[]]
+        took = time.monotonic() - started
+    assert took < 2.5, f"the stream took {took:.2f} s to end"
 
 
 def test_batches_yields_empty_lists_when_idle(bridge: Callable[..., Any], peer: Any) -> None:

@@ -87,14 +87,14 @@ def test_our_events_reach_the_peer_and_its_messages_run_our_handlers_once(
         "what came in over a bridge is not sent out again"
     receiver.signal(signal.SIGTERM)
     assert receiver.wait(30) == 0
-    sender.kill()  # idle now; a graceful qcluster stop (2-3 s) is other tests' subject
+    sender.kill()  # idle now: its graceful stop would add 2-3 s and assert nothing
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason=(
-    "a real cluster's dying locked claim: the PostgreSQL run covers it (MariaDB's locked claim "
-    "dies in-process in test_locked_sending.py::"
-    "test_a_message_that_kills_its_worker_every_time_ends_dead_lettered; SQLite's leases: "
-    "test_cluster.py::test_handler_that_kills_its_worker_ends_up_failed)"))
+    "a real cluster's locked claim killed again and again: the PostgreSQL run covers it "
+    "(on MariaDB a locked claim is killed once, in-process, in tests/bridges/"
+    "test_locked_sending.py::test_a_message_that_kills_its_worker_every_time_ends_dead_lettered;"
+    " SQLite's leases: tests/test_cluster.py::test_handler_that_kills_its_worker_ends_up_failed)"))
 def test_a_message_that_kills_its_sending_worker_every_time_ends_dead_lettered(
         url: str, unique: Callable[[str], str], peer: Any, cluster: Callable[..., Any]) -> None:
     """Guarantee 3 through a bridge with a real qcluster: the batch holding the poison kills
@@ -149,7 +149,7 @@ def outage_run(url: str, unique: Callable[[str], str], peer: Any, cluster: Calla
     ids = take_all(url, queue, count, 60)
     assert set(ids) == {str(m.pk) for m in ours}, "every message reached the peer"
     print(f"\n{count} events, {len(ids) - count} duplicates at the peer (de-duplicated by id)")
-    sender.kill()  # idle now; a graceful qcluster stop (2-3 s) is other tests' subject
+    sender.kill()  # idle now: its graceful stop would add 2-3 s and assert nothing
     return sender.log_path.read_text(errors="replace")
 
 
