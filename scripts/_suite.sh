@@ -46,10 +46,15 @@ run_pytest() {  # run_pytest NAME PYTHON ENV... -- PYTEST_ARGS...
   total_passed=$((total_passed + p))
 }
 
-step() {  # step NAME CMD...
+step() {  # step NAME CMD...: the summary gives its time (CI's budget is watched by it)
   local name=$1; shift
   note "$name"
-  if "$@"; then record "$name" "ok" ""; else record "$name" "FAILED" "see above"; failed=1; fi
+  local started; started=$(date +%s)
+  if "$@"; then
+    record "$name" "ok" "$(( $(date +%s) - started ))s"
+  else
+    record "$name" "FAILED" "see above ($(( $(date +%s) - started ))s)"; failed=1
+  fi
 }
 
 summary() {  # prints the table and the totals; returns non-zero if anything failed
