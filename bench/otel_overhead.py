@@ -3,8 +3,9 @@
     .venv/bin/python bench/otel_overhead.py                  # SQLite (file), 9 rounds
     IE_DB=postgres IE_DB_NAME=ie_bench .venv/bin/python bench/otel_overhead.py --rounds 15
 
-Three configurations, interleaved round by round (the order rotates) in one process, each
-delivering the same workload (N events x 2 groups) in-process with a Worker:
+Three configurations, interleaved round by round (the order rotates, and is reversed every
+other round) in one process, each delivering the same workload (N events x 2 groups)
+in-process with a Worker:
 
 - "API absent": no instrumentation (what a project without the [otel] extra runs; the engine
   skips the hooks altogether);
@@ -17,13 +18,18 @@ delivering the same workload (N events x 2 groups) in-process with a Worker:
 With --split, also: the same with each span handed to the processor when it ends; "SDK, a bare
 span only", an instrumentation that is not this library's and does the least any span per
 attempt can (one span with no attributes, parent or link, current while the handler runs,
-nothing else: the floor under any instrumentation that meets the issue); and the SDK's parts
-alone (traces only, traces with no span processor, metrics only).
+ended with the pass's others, nothing else); "SDK, a bare span + metrics", that and this
+library's metrics (what the issue asks of the spans left out); "SDK, exemplars off", the
+full configuration on a MeterProvider with exemplar_filter=AlwaysOffExemplarFilter() (the
+SDK's default samples an exemplar from each point measured under a sampled span); and the
+SDK's parts alone (traces only, traces with no span processor, metrics only).
 
 CPU time (time.process_time: this process's threads, the span processor's included; on SQLite
 the database's work too) is measured instead of wall time, which swings too much on a shared
-machine. Reported: the median per-delivery CPU of each configuration and the median of the
-per-round differences to "API absent" (end to end: on a busy machine these still move by
+machine. Each round ends, inside its timing, with the flush the engine runs as each task ends
+(task_finished), so the SDK's export work is its own round's, not the next configuration's.
+Reported: the median per-delivery CPU of each configuration and the median of the per-round
+differences to "API absent" (end to end: on a busy machine these still move by
 several microseconds between runs), and the hooks alone: the instrumentation's contexts and
 outcome call around a no-op handler for one real delivery, 20,000 times (what the
 instrumentation adds, to a tenth of a microsecond; with the SDK it leaves out the garbage
@@ -41,8 +47,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +65,8 @@ django.setup()
 
 from django.db import connection  # noqa: E402
 from django.test import override_settings  # noqa: E402
+from opentelemetry import context as otel_context  # noqa: E402
+from opentelemetry import trace as otel_trace  # noqa: E402
 from tables import empty  # noqa: E402  (bench/tables.py)
 
 from integration_events import publish_many  # noqa: E402
@@ -73,7 +80,7 @@ from tests.eventapp.models import Delivery  # noqa: E402
 GOALS = {"API, no SDK": 5.0, "SDK, no-op exporter": 60.0}
 
 
-def sdk_instrument() -> OpenTelemetry:
+def sdk_instrument(exemplars: bool = True) -> OpenTelemetry:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import (
         MetricExporter,
@@ -99,8 +106,11 @@ def sdk_instrument() -> OpenTelemetry:
 
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(BatchSpanProcessor(DropSpans()))
+    from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter
+
     meter_provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(
-        DropMetrics(), export_interval_millis=5_000)])
+        DropMetrics(), export_interval_millis=5_000)],
+        exemplar_filter=None if exemplars else AlwaysOffExemplarFilter())
     return OpenTelemetry(tracer_provider, meter_provider)
 
 
@@ -120,7 +130,10 @@ def split_configs(full: Hooks) -> dict[str, Hooks]:
 
     return {
         "SDK, spans ended at once": Hooks([EndAtOnce(tracer_provider, meter_provider)]),
+        "SDK, exemplars off": Hooks([sdk_instrument(exemplars=False)]),
         "SDK, a bare span only": Hooks([BareSpan(tracer_provider)]),
+        "SDK, a bare span + metrics": Hooks([BareSpan(tracer_provider), OpenTelemetry(
+            trace.NoOpTracerProvider(), meter_provider)]),
         "SDK traces only": Hooks([OpenTelemetry(tracer_provider, metrics.NoOpMeterProvider())]),
         "SDK traces, no processor": Hooks([OpenTelemetry(TracerProvider(),
                                                          metrics.NoOpMeterProvider())]),
@@ -130,23 +143,41 @@ def split_configs(full: Hooks) -> dict[str, Hooks]:
 
 class BareSpan(Instrumentation):
     """The least a span per attempt can be: one span with no attributes, parent or link,
-    current while the handler runs, ended when it returns, and nothing else (no metrics).
-    What any instrumentation that emits a span per attempt costs at the least, end to end."""
+    current while the handler runs, and its end handed to the SDK with the pass's others (as
+    integration_events.otel does); nothing else. Not this library's code: what any
+    instrumentation that emits a span per attempt costs at the least, end to end."""
 
     def __init__(self, tracer_provider: Any) -> None:
+        self.tracer_provider = tracer_provider
         self.tracer = tracer_provider.get_tracer("bench")
+        self.ends: list[tuple[Any, int]] = []
 
-    @contextmanager
-    def attempt(self, delivery: Any) -> Iterator[None]:
-        from opentelemetry import context, trace
+    def attempt(self, delivery: Any) -> AbstractContextManager[None]:
+        return _BareAttempt(self)
 
-        span = self.tracer.start_span("process")
-        token = context.attach(trace.set_span_in_context(span))
-        try:
-            yield
-        finally:
-            context.detach(token)
-            span.end()
+    def pass_finished(self) -> None:
+        ends, self.ends = self.ends, []
+        for span, at in ends:
+            span.end(at)
+
+    def task_finished(self) -> None:
+        self.pass_finished()
+        self.tracer_provider.force_flush()
+
+
+class _BareAttempt:
+    __slots__ = ("owner", "span", "token")
+
+    def __init__(self, owner: BareSpan) -> None:
+        self.owner = owner
+
+    def __enter__(self) -> None:
+        self.span = self.owner.tracer.start_span("process")
+        self.token = otel_context.attach(otel_trace.set_span_in_context(self.span))
+
+    def __exit__(self, *exc: Any) -> None:
+        otel_context.detach(self.token)
+        self.owner.ends.append((self.span, time.time_ns()))
 
 
 def one_round(hooks: Hooks, events: int) -> float:
@@ -157,6 +188,9 @@ def one_round(hooks: Hooks, events: int) -> float:
         worker.dispatch_batch(limit=events)  # fan-out is not a delivery: outside the timing
         started = time.process_time()
         stats = worker.run_until_idle()
+        # As each engine task ends (and inside the timing): what the SDK's processor and
+        # reader still have in hand is exported now, not in the next configuration's round.
+        hooks.task_finished()
         cpu = time.process_time() - started
     assert stats.succeeded == 2 * events, stats
     empty(Delivery, ReceivedMessage, PublishedMessage)  # bench/tables.py
@@ -280,7 +314,11 @@ def main() -> int:
     try:
         one_round(configs["SDK, no-op exporter"], 50)  # warm up caches and the SDK
         for r in range(args.rounds):
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            # The order rotates each round and is reversed every other one, so that no
+            # configuration runs before another more often than after it (a round leaves
+            # the database and the heap a little different for the next).
+            order = names[(r // 2) % len(names):] + names[: (r // 2) % len(names)]
+            for name in (order if r % 2 == 0 else order[::-1]):
                 results[name].append(one_round(configs[name], args.events))
         for _ in range(3):
             for name in alone:
