@@ -10,6 +10,8 @@
 #   ./scripts/demo-two-services.sh
 #   ./scripts/demo-two-services.sh --once     the story only, then stop
 #   IE_AMQP_URL=amqp://user:password@host:5672/vhost ./scripts/demo-two-services.sh
+#   IE_AMQP_EXCHANGE=... IE_AMQP_QUEUE_PREFIX=...   another exchange; a prefix for the
+#                                                   services' queues (accounts.v1, inventory.v1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_python.sh
