@@ -70,9 +70,9 @@ from opentelemetry import trace as otel_trace  # noqa: E402
 from tables import empty  # noqa: E402  (bench/tables.py)
 
 from integration_events import publish_many  # noqa: E402
-from integration_events.instrumentation import Hooks, Instrumentation  # noqa: E402
+from integration_events.instrumentation import Hooks  # noqa: E402
 from integration_events.models import PublishedMessage, ReceivedMessage  # noqa: E402
-from integration_events.otel import OpenTelemetry  # noqa: E402
+from integration_events.otel import OpenTelemetry, _ProcessSpan  # noqa: E402
 from integration_events.worker import Worker  # noqa: E402
 from tests.eventapp.events import ProbeHappened  # noqa: E402
 from tests.eventapp.models import Delivery  # noqa: E402
@@ -81,7 +81,7 @@ GOALS = {"API, no SDK": 5.0, "SDK, no-op exporter": 60.0}
 
 
 def sdk_instrument(exemplars: bool = True) -> OpenTelemetry:
-    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
     from opentelemetry.sdk.metrics.export import (
         MetricExporter,
         MetricExportResult,
@@ -106,8 +106,6 @@ def sdk_instrument(exemplars: bool = True) -> OpenTelemetry:
 
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(BatchSpanProcessor(DropSpans()))
-    from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter
-
     meter_provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(
         DropMetrics(), export_interval_millis=5_000)],
         exemplar_filter=None if exemplars else AlwaysOffExemplarFilter())
@@ -131,9 +129,8 @@ def split_configs(full: Hooks) -> dict[str, Hooks]:
     return {
         "SDK, spans ended at once": Hooks([EndAtOnce(tracer_provider, meter_provider)]),
         "SDK, exemplars off": Hooks([sdk_instrument(exemplars=False)]),
-        "SDK, a bare span only": Hooks([BareSpan(tracer_provider)]),
-        "SDK, a bare span + metrics": Hooks([BareSpanWithMetrics(tracer_provider,
-                                                                 meter_provider)]),
+        "SDK, a bare span only": Hooks([BareSpan(tracer_provider, metrics.NoOpMeterProvider())]),
+        "SDK, a bare span + metrics": Hooks([BareSpan(tracer_provider, meter_provider)]),
         "SDK traces only": Hooks([OpenTelemetry(tracer_provider, metrics.NoOpMeterProvider())]),
         "SDK traces, no processor": Hooks([OpenTelemetry(TracerProvider(),
                                                          metrics.NoOpMeterProvider())]),
@@ -141,79 +138,40 @@ def split_configs(full: Hooks) -> dict[str, Hooks]:
     }
 
 
-class BareSpan(Instrumentation):
+class BareSpan(OpenTelemetry):
     """The least a span per attempt can be: one span with no attributes, parent or link,
-    current while the handler runs, and its end handed to the SDK with the pass's others (as
-    integration_events.otel does); nothing else. Not this library's code: what any
-    instrumentation that emits a span per attempt costs at the least, end to end."""
-
-    def __init__(self, tracer_provider: Any) -> None:
-        self.tracer_provider = tracer_provider
-        self.tracer = tracer_provider.get_tracer("bench")
-        self.ends: list[tuple[Any, int]] = []
+    current while the handler runs, ended with the pass's others (the library's own
+    end_later), and, on a metering meter provider, the library's metrics around it (its
+    process context with tracing off). Not the library's span: what any instrumentation
+    that emits a span per attempt costs at the least, end to end."""
 
     def attempt(self, delivery: Any) -> AbstractContextManager[None]:
-        return _BareAttempt(self)
-
-    def pass_finished(self) -> None:
-        ends, self.ends = self.ends, []
-        for span, at in ends:
-            span.end(at)
-
-    def task_finished(self) -> None:
-        self.pass_finished()
-        self.tracer_provider.force_flush()
+        self._ensure_configured()
+        return _BareAttempt(self, _ProcessSpan(self, delivery, False, True)
+                            if self.metering() else None)
 
 
 class _BareAttempt:
-    __slots__ = ("owner", "span", "token")
+    __slots__ = ("owner", "metrics", "span", "token")
 
-    def __init__(self, owner: BareSpan) -> None:
-        self.owner = owner
+    def __init__(self, owner: BareSpan, metrics: Any) -> None:
+        self.owner, self.metrics = owner, metrics
 
+    # In the library's order: the latency point before the span starts, the duration point
+    # while it is still current (so the same points offer the SDK an exemplar).
     def __enter__(self) -> None:
-        self.span = self.owner.tracer.start_span("process")
+        owner = self.owner
+        owner.end_overdue()
+        if self.metrics is not None:
+            self.metrics.__enter__()
+        self.span = owner.tracer.start_span("process")
         self.token = otel_context.attach(otel_trace.set_span_in_context(self.span))
 
     def __exit__(self, *exc: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.__exit__(*exc)
         otel_context.detach(self.token)
-        self.owner.ends.append((self.span, time.time_ns()))
-
-
-class BareSpanWithMetrics(OpenTelemetry):
-    """BareSpan's span and this library's metrics, as one instrumentation (two would cost the
-    engine's combining of their contexts, about 3 us, which the real configuration does not
-    pay)."""
-
-    def __init__(self, tracer_provider: Any, meter_provider: Any) -> None:
-        super().__init__(otel_trace.NoOpTracerProvider(), meter_provider)
-        self.bare = BareSpan(tracer_provider)
-
-    def attempt(self, delivery: Any) -> AbstractContextManager[None]:
-        return _Both(self.bare.attempt(delivery), super().attempt(delivery))
-
-    def pass_finished(self) -> None:
-        self.bare.pass_finished()
-        super().pass_finished()
-
-    def task_finished(self) -> None:
-        self.bare.task_finished()
-        super().task_finished()
-
-
-class _Both:
-    __slots__ = ("first", "second")
-
-    def __init__(self, first: Any, second: Any) -> None:
-        self.first, self.second = first, second
-
-    def __enter__(self) -> None:
-        self.first.__enter__()
-        self.second.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.second.__exit__(*exc)
-        self.first.__exit__(*exc)
+        self.owner.end_later(self.span)
 
 
 def one_round(hooks: Hooks, events: int) -> float:

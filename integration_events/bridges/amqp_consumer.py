@@ -28,6 +28,8 @@ from .errors import BrokerConnectionLost, BrokerUnavailable, TopologyConflict
 from .inbound import Delivery
 
 logger = logging.getLogger("integration_events")
+# How often an idle fetch looks at its stop flag (SIGTERM ends an idle consumer this soon).
+STOP_CHECK = 0.1
 
 
 class AmqpConsumer:
@@ -84,14 +86,14 @@ class AmqpConsumer:
                     config.name, safe(config.url), self.queue, config.prefetch)
 
     def fetch(self, *, max_messages: int | None = None, max_wait: float = 0.05,
-              idle_timeout: float = 1.0, stop: threading.Event | None = None,
-              stop_check: float = 0.1) -> list[Delivery]:
+              idle_timeout: float = 1.0, stop: threading.Event | None = None
+              ) -> list[Delivery]:
         """The next deliveries, at most ``max_messages`` (default: PREFETCH).
 
         Waits up to ``idle_timeout`` seconds for the first (returning [] if none comes, so
         the caller can look at signals and heartbeats; or as soon as ``stop`` is set, which
-        it looks at every ``stop_check`` seconds), then up to ``max_wait`` more for the
-        batch to fill. Raises BrokerConnectionLost when the connection goes.
+        it looks at every STOP_CHECK seconds), then up to ``max_wait`` more for the batch
+        to fill. Raises BrokerConnectionLost when the connection goes.
         """
         limit = max_messages or self.config.prefetch
         self._require_open()
@@ -101,8 +103,8 @@ class AmqpConsumer:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (stop is not None and stop.is_set()):
                     return []
-                self._conn.process_data_events(time_limit=remaining if stop is None else min(
-                    remaining, max(stop_check, 0.01)))
+                self._conn.process_data_events(
+                    time_limit=remaining if stop is None else min(remaining, STOP_CHECK))
             deadline = time.monotonic() + max_wait
             while len(self._buffer) < limit:
                 remaining = deadline - time.monotonic()

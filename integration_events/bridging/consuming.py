@@ -36,10 +36,9 @@ logger = logging.getLogger("integration_events")
 # A batch: at most this many deliveries, or what came within BATCH_WAIT seconds.
 BATCH_MESSAGES = 100
 BATCH_WAIT = 0.05
-# How long an idle fetch waits before the loop looks at its stop flag and heartbeat.
+# How long an idle fetch waits before the loop looks at its heartbeat (the fetch itself
+# looks at the stop flag more often: amqp_consumer.STOP_CHECK).
 IDLE_WAIT = 1.0
-# How often that wait looks at the stop flag (SIGTERM ends an idle consumer this soon).
-STOP_CHECK = 0.1
 # Waits after a failure: doubling from the first to the longest.
 FIRST_WAIT, LONGEST_WAIT = 1.0, 30.0
 # A progress line at least this often (seconds), and after this many messages.
@@ -123,8 +122,7 @@ class BridgeConsumer:
             return
         try:
             batch = consumer.fetch(max_messages=self.batch_messages, max_wait=self.batch_wait,
-                                   idle_timeout=IDLE_WAIT, stop=self.stop,
-                                   stop_check=STOP_CHECK)
+                                   idle_timeout=IDLE_WAIT, stop=self.stop)
         except BrokerUnavailable as exc:
             self.broker_lost(exc)
             return

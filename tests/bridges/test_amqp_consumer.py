@@ -205,7 +205,7 @@ def test_a_bridge_without_a_queue_cannot_consume(bridge: Callable[..., Any]) -> 
 
 
 def test_an_idle_wait_ends_soon_after_stop_is_set(bridge: Callable[..., Any]) -> None:
-    """The idle wait (5 s here) looks at ``stop`` every ``stop_check``: the stream yields the
+    """The idle wait (5 s here) looks at ``stop`` every STOP_CHECK: the stream yields the
     empty batch it was waiting for and ends."""
     config = bridge(RECEIVE=TOPICS)
     stop = threading.Event()

@@ -302,7 +302,8 @@ def test_a_stop_while_idle_ends_the_loop_without_waiting_out_the_idle_fetch(
         receiving: Callable[..., Any], peer: Any, consume: Callable[[Any], Running]) -> None:
     """SIGTERM (the stop flag) while no message comes: the idle fetch, which waits IDLE_WAIT
     (1 s) for a first message, looks at the flag every STOP_CHECK (0.1 s)."""
-    from integration_events.bridging.consuming import IDLE_WAIT, STOP_CHECK
+    from integration_events.bridges.amqp_consumer import STOP_CHECK
+    from integration_events.bridging.consuming import IDLE_WAIT
 
     config = receiving()
     running = consume(config)
